@@ -1,0 +1,273 @@
+"""The one configuration tree: frozen dataclasses loaded from YAML, with dotted overrides.
+
+Every default lives here and nowhere else. Unknown keys, wrong types and out-of-range values are
+rejected at load time with the key's dotted path in the message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONTROL_NAMES = ("saturation", "value", "hue", "red", "green", "blue", "colorfulness")
+DATASETS = ("cifar10", "npz", "folder", "synthetic")
+SCHEDULES = ("plateau", "exponential", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SWITCHES = ("auto", "on", "off")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message starts with the dotted key."""
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """One control term: weight λ_p and target σ_p (hue in turns, colorfulness on a 0..1 RGB scale)."""
+    weight: float = 0.0
+    target: float = 0.5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    path: str = ""
+    image_size: int = 32
+    train_limit: int = 0          # use at most N training images; 0 = all
+    val_limit: int = 0            # use at most N validation images; 0 = all
+    val_fraction: float = 0.1     # share of the training images held out for validation
+    split_seed: int = 0           # fixed so every trial of a sweep sees the same validation images
+    download: bool = False        # cifar10: fetch the official archive when it is absent
+    flip: bool = True             # random horizontal flips
+    synthetic_size: int = 512     # number of images the synthetic dataset makes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width: float = 1.0            # channel multiplier; 1.0 = the paper's widths
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    l1_weight: float = 100.0
+    real_label: float = 0.9       # one-sided label smoothing; 1.0 turns it off
+    saturation: ControlConfig = field(default_factory=ControlConfig)
+    value: ControlConfig = field(default_factory=ControlConfig)
+    hue: ControlConfig = field(default_factory=ControlConfig)
+    red: ControlConfig = field(default_factory=ControlConfig)
+    green: ControlConfig = field(default_factory=ControlConfig)
+    blue: ControlConfig = field(default_factory=ControlConfig)
+    colorfulness: ControlConfig = field(default_factory=ControlConfig)
+
+    def controlled(self) -> dict[str, ControlConfig]:
+        """The statistics with a non-zero weight, by name."""
+        controls = {name: getattr(self, name) for name in CONTROL_NAMES}
+        return {name: c for name, c in controls.items() if c.weight > 0}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr_generator: float = 2e-4
+    lr_discriminator: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    schedule: str = "plateau"     # plateau: lr ÷ factor when the val L1 stalls; exponential: per step
+    plateau_patience: int = 5
+    plateau_factor: float = 0.1
+    lr_decay_steps: int = 10000   # exponential: lr · 0.1^(step / lr_decay_steps)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    seed: int = 100
+    device: str = "auto"          # auto = cuda when available, else cpu
+    precision: str = "auto"       # auto = bf16 on CUDA cards that have it, else fp32
+    eval_batch_size: int = 500
+    threads: int = 0              # torch CPU threads; 0 = leave torch's default
+    cuda_graph: str = "auto"      # capture the whole D+G step (CUDA only)
+    channels_last: str = "auto"
+    fused_adam: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check(key: str, ok: bool, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
+def _validate(cfg: Config) -> None:
+    d, m, lo, o, t = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train
+    _check("data.dataset", d.dataset in DATASETS, f"must be one of {', '.join(DATASETS)}, got {d.dataset!r}")
+    size_ok = d.image_size >= 16 and (d.image_size & (d.image_size - 1)) == 0
+    _check("data.image_size", size_ok, f"must be a power of two >= 16, got {d.image_size}")
+    _check("data.train_limit", d.train_limit >= 0, "must be >= 0")
+    _check("data.val_limit", d.val_limit >= 0, "must be >= 0")
+    _check("data.val_fraction", 0 < d.val_fraction < 1, "must be in (0, 1)")
+    _check("data.synthetic_size", d.synthetic_size >= 2, "must be >= 2")
+    _check("model.width", 0 < m.width <= 4, f"must be in (0, 4], got {m.width}")
+    _check("loss.l1_weight", lo.l1_weight >= 0, "must be >= 0")
+    _check("loss.real_label", 0.5 < lo.real_label <= 1, "must be in (0.5, 1]")
+    for name in CONTROL_NAMES:
+        control = getattr(lo, name)
+        _check(f"loss.{name}.weight", control.weight >= 0 and math.isfinite(control.weight), "must be >= 0")
+        high = math.inf if name == "colorfulness" else 1.0
+        _check(f"loss.{name}.target", 0 <= control.target <= high, f"must be in [0, {high}]")
+    _check("loss.hue.target", lo.hue.target < 1, "is in turns and must be in [0, 1)")
+    _check("optim.lr_generator", o.lr_generator > 0, "must be > 0")
+    _check("optim.lr_discriminator", o.lr_discriminator > 0, "must be > 0")
+    _check("optim.beta1", 0 <= o.beta1 < 1, "must be in [0, 1)")
+    _check("optim.beta2", 0 <= o.beta2 < 1, "must be in [0, 1)")
+    _check("optim.schedule", o.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}")
+    _check("optim.plateau_patience", o.plateau_patience >= 1, "must be >= 1")
+    _check("optim.plateau_factor", 0 < o.plateau_factor < 1, "must be in (0, 1)")
+    _check("optim.lr_decay_steps", o.lr_decay_steps >= 1, "must be >= 1")
+    _check("train.epochs", t.epochs >= 1, "must be >= 1")
+    _check("train.batch_size", t.batch_size >= 2, "must be >= 2 (BatchNorm)")
+    _check("train.eval_batch_size", t.eval_batch_size >= 1, "must be >= 1")
+    _check("train.device", t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+           f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+    _check("train.precision", t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")
+    _check("train.threads", t.threads >= 0, "must be >= 0")
+    for key in ("cuda_graph", "channels_last", "fused_adam"):
+        _check(f"train.{key}", getattr(t, key) in SWITCHES, f"must be one of {', '.join(SWITCHES)}")
+
+
+def _coerce(key: str, value: object, kind: type) -> object:
+    """Check one leaf value against its annotated type; ints are accepted for floats.
+
+    Numeric strings such as '1e-4' are accepted for numbers: PyYAML reads them as strings.
+    """
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    type_name = getattr(kind, "__name__", str(kind))
+    raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Mapping, prefix: str) -> object:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in data.items():
+        kind, key = hints[name], f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value, key)
+        else:
+            values[name] = _coerce(key, value, kind)
+    return cls(**values)
+
+
+def from_dict(data: Mapping) -> Config:
+    """Build and validate a Config from nested plain data (missing keys take their defaults)."""
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: object) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(data: Mapping, prefix: str = "") -> dict[str, object]:
+    """Nested dict → {dotted.key: leaf}."""
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def leaf_keys() -> set[str]:
+    """Every dotted key a Config has."""
+    return set(flatten(to_dict(Config())))
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, object]) -> Config:
+    """Return cfg with {dotted.key: value} replaced; unknown keys are errors."""
+    data = to_dict(cfg)
+    for dotted, value in overrides.items():
+        parts, node = dotted.split("."), data
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{'.'.join(parts[:i + 1])}: unknown key")
+            if i == len(parts) - 1:
+                if isinstance(node[part], dict):
+                    raise ConfigError(f"{dotted}: is a section, not a value")
+                node[part] = value
+            else:
+                node = node[part]
+    return from_dict(data)
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """'model.width=0.25' → ('model.width', 0.25); the value is read as YAML (safe loader)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{text}: an override must look like key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key.strip()}: cannot read value {raw!r}: {err}") from None
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with the safe loader; errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Config from an optional YAML file plus 'dotted.key=value' overrides."""
+    cfg = from_dict(read_yaml(path)) if path else from_dict({})
+    return apply_overrides(cfg, dict(parse_assignment(o) for o in overrides))
+
