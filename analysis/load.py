@@ -1,0 +1,127 @@
+"""Read a sweep's storage folder into one table: a row per trial with its status, last reported
+metrics, searched parameters and checkpoint, plus each trial's learning curve.
+
+Ray Tune's `ExperimentAnalysis` reads the experiment files; this module only shapes its answer.
+The same `Sweep` comes from an MLflow experiment through `analysis.tracking.load_mlflow_sweep`.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.pareto import DEFAULT_OBJECTIVES, Objective
+from trainable.config import ConfigError, flatten, read_yaml
+
+SPEC_FILE = "colorsweep_spec.yaml"
+STATE_FILE = "colorsweep_state.json"
+EARLY_STOPPED = "EARLY_STOPPED"
+METRIC_PREFIXES = ("val_", "loss_", "test_")
+KEPT_RESULT_KEYS = ("epoch", "training_iteration", "time_total_s")
+
+
+class SweepError(Exception):
+    """A sweep that cannot be read; the message is one line for the user."""
+
+
+@dataclass
+class Sweep:
+    """A sweep's results. `table` has one row per trial: trial_id, status, iterations, error,
+    path, checkpoint, every metric of the last report and every searched parameter (dotted key)."""
+    name: str
+    table: pd.DataFrame
+    params: list[str]
+    objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
+    curves: dict[str, pd.DataFrame] = field(default_factory=dict)
+    path: Path | None = None
+    spec: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+
+    def metrics(self) -> list[str]:
+        return [c for c in self.table.columns if c.startswith(METRIC_PREFIXES)]
+
+
+def read_sidecars(path: Path) -> tuple[dict, dict]:
+    """The resolved spec and the launch state written beside the Ray experiment ({} when absent)."""
+    spec, state = {}, {}
+    if (path / SPEC_FILE).exists():
+        try:
+            spec = read_yaml(path / SPEC_FILE)
+        except ConfigError as err:
+            raise SweepError(str(err)) from None
+    if (path / STATE_FILE).exists():
+        state = json.loads((path / STATE_FILE).read_text())
+    return spec, state
+
+
+def spec_objectives(spec: Mapping) -> tuple[Objective, ...]:
+    """Objectives of the spec as [{metric, mode}], or the defaults."""
+    listed = spec.get("objectives") or []
+    return tuple(Objective(o["metric"], o["mode"]) for o in listed) or DEFAULT_OBJECTIVES
+
+
+def spec_params(spec: Mapping) -> list[str]:
+    """Searched keys of the spec's space; `fixed` entries are not searched."""
+    space = spec.get("space") or {}
+    return [k for k, d in space.items() if not (isinstance(d, Mapping) and d.get("type") == "fixed")]
+
+
+def varying_params(configs: pd.DataFrame) -> list[str]:
+    """Config keys whose value differs between trials (the searched ones when no spec says)."""
+    return [c for c in configs.columns if configs[c].astype(str).nunique(dropna=False) > 1]
+
+
+def mark_early_stopped(table: pd.DataFrame) -> pd.DataFrame:
+    """A TERMINATED trial with fewer reports than the longest one was stopped by the scheduler."""
+    if table.empty:
+        return table
+    finished = table["status"] == "TERMINATED"
+    longest = table.loc[finished, "iterations"].max() if finished.any() else 0
+    table.loc[finished & (table["iterations"] < longest), "status"] = EARLY_STOPPED
+    return table
+
+
+def _error_line(trial: object) -> str:
+    error_file = getattr(trial, "error_file", None)
+    if not error_file or not Path(error_file).exists():
+        return "" if getattr(trial, "status", "") != "ERROR" else "error (no error file)"
+    lines = [ln for ln in Path(error_file).read_text().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _trial_row(analysis: object, trial: object) -> dict:
+    result = trial.last_result or {}
+    row = {"trial_id": trial.trial_id, "status": trial.status,
+           "iterations": int(result.get("training_iteration", 0) or 0),
+           "error": _error_line(trial), "path": str(trial.storage.trial_fs_path)}
+    try:
+        checkpoint = analysis.get_last_checkpoint(trial)
+    except (ValueError, RuntimeError):
+        checkpoint = None
+    row["checkpoint"] = checkpoint.path if checkpoint is not None else ""
+    row.update({k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) or k in KEPT_RESULT_KEYS})
+    return row
+
+
+def load_sweep(path: str | Path, objectives: Sequence[Objective] | None = None) -> Sweep:
+    """Read `sweeps/<name>/` (Ray experiment dir + colorsweep sidecar files)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SweepError(f"{path}: no such sweep folder")
+    spec, state = read_sidecars(path)
+    from ray.tune import ExperimentAnalysis  # Ray only where Tune results are read
+    try:
+        analysis = ExperimentAnalysis(str(path.resolve()))
+    except ValueError:
+        raise SweepError(f"{path}: not a Ray Tune experiment folder (no experiment_state-*.json)") from None
+    rows = [_trial_row(analysis, t) for t in analysis.trials]
+    configs = pd.DataFrame([flatten(t.config) for t in analysis.trials])
+    params = spec_params(spec) or varying_params(configs)
+    table = pd.concat([pd.DataFrame(rows), configs[[p for p in params if p in configs]]], axis=1)
+    curves = {tid: df for tid, df in analysis.trial_dataframes.items() if not df.empty}
+    return Sweep(name=spec.get("name") or path.name, table=mark_early_stopped(table), params=params,
+                 objectives=tuple(objectives or spec_objectives(spec)), curves=curves, path=path,
+                 spec=spec, state=state)

@@ -1,0 +1,116 @@
+"""`python -m analysis.rank SWEEP`: the trials of a sweep ranked by target fidelity × realism.
+
+Prints a table (Pareto front marked ★, failed and early-stopped trials listed with their status)
+and writes it as CSV / JSON. The rank is defined in analysis.pareto.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from analysis.load import Sweep, SweepError, load_sweep
+from analysis.pareto import Objective, parse_objective, rank_table
+
+SHOWN_METRICS = ("val_colorfulness_ratio", "val_pixel_acc_5", "val_psnr")
+
+
+def param_label(key: str) -> str:
+    """'loss.saturation.weight' → 'λ_saturation', 'loss.hue.target' → 'σ_hue', others unchanged."""
+    match = re.fullmatch(r"loss\.(\w+)\.(weight|target)", key)
+    if not match:
+        return key
+    return f"{'λ' if match.group(2) == 'weight' else 'σ'}_{match.group(1)}"
+
+
+def ranked(sweep: Sweep) -> pd.DataFrame:
+    """The sweep's table with pareto_layer / score / rank (see analysis.pareto)."""
+    return rank_table(sweep.table, sweep.objectives)
+
+
+def columns_shown(sweep: Sweep, table: pd.DataFrame) -> list[str]:
+    """Objectives, per-statistic control errors, a few realism/accuracy metrics, searched params."""
+    objectives = [o.metric for o in sweep.objectives]
+    control = sorted(c for c in table.columns if c.startswith("val_control_error_"))
+    extra = [c for c in SHOWN_METRICS if c in table.columns]
+    picked = objectives + [c for c in control + extra if c not in objectives]
+    return picked + [p for p in sweep.params if p in table.columns]
+
+
+def _cell(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_table(sweep: Sweep, table: pd.DataFrame, top: int | None) -> Table:
+    shown = columns_shown(sweep, table)
+    out = Table(title=f"sweep {sweep.name}: {len(table)} trials, ★ = Pareto front over "
+                      + ", ".join(o.label for o in sweep.objectives))
+    for name in ("rank", "★", "trial", "status", "reports"):
+        out.add_column(name, justify="right" if name in ("rank", "reports") else "left")
+    for name in shown:
+        out.add_column(param_label(name).removeprefix("val_"), justify="right")
+    ranked_rows = table[table["rank"].notna()]
+    rows = pd.concat([ranked_rows.head(top) if top else ranked_rows, table[table["rank"].isna()]])
+    for _, row in rows.iterrows():
+        status = row["status"] + (f": {row['error'][:60]}" if row.get("error") else "")
+        out.add_row(_cell(row["rank"]), "★" if row["pareto"] else "", str(row["trial_id"]), status,
+                    _cell(row["iterations"]), *(_cell(row[c]) for c in shown))
+    return out
+
+
+def export(table: pd.DataFrame, csv: str | None, json: str | None) -> list[str]:
+    written = []
+    if csv:
+        table.to_csv(csv, index=False)
+        written.append(csv)
+    if json:
+        table.to_json(json, orient="records", indent=1)
+        written.append(json)
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis.rank", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="sweep folder (sweeps/<name>)")
+    parser.add_argument("--top", type=int, default=None, help="show only the K best ranked trials")
+    parser.add_argument("--objective", action="append", default=None, metavar="METRIC[:min|max]",
+                        help="objective (repeatable); default: the sweep spec's objectives")
+    parser.add_argument("--csv", help="write the full table as CSV")
+    parser.add_argument("--json", help="write the full table as JSON records")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.top is not None and args.top < 1:
+        parser.error("--top must be >= 1")
+    try:
+        objectives = [parse_objective(o) for o in args.objective] if args.objective else None
+        sweep = load_sweep(Path(args.sweep), objectives)
+        table = ranked(sweep)
+    except (SweepError, KeyError, ValueError) as err:
+        print(f"analysis.rank: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
+        return 2
+    console = Console(width=max(Console().width, 160))
+    console.print(render_table(sweep, table, args.top))
+    counts = table["status"].value_counts().to_dict()
+    console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for path in export(table, args.csv, args.json):
+        console.print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
