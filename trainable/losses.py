@@ -1,0 +1,56 @@
+"""Pure GAN losses: each function takes tensors and config and returns a dict of named scalars.
+
+Discriminator: BCE-with-logits with one-sided label smoothing. Generator: non-saturating adversarial
+BCE + λ_L1·L1(ab) + Σ_p λ_p·|batch mean of per-image p(G(L)) − σ_p| over the controlled statistics
+(hue by the shortest arc). Nothing is stored: the trainer decides what to log and what to step.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from trainable.color import batch_mean, distance, image_statistics
+from trainable.config import ControlConfig, LossConfig
+
+
+def _bce_to(logits: torch.Tensor, label: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       real_label: float = 0.9) -> dict[str, torch.Tensor]:
+    """BCE on real (target real_label, one-sided smoothing; 1.0 turns it off) and fake (target 0)."""
+    loss_real = _bce_to(real_logits, real_label)
+    loss_fake = _bce_to(fake_logits, 0.0)
+    return {"loss_d": loss_real + loss_fake, "loss_d_real": loss_real, "loss_d_fake": loss_fake}
+
+
+def control_loss(fake_rgb: torch.Tensor, controls: Mapping[str, ControlConfig]) -> dict[str, torch.Tensor]:
+    """Σ_p weight_p · distance(p, batch mean of p(fake_rgb), target_p), plus each achieved mean.
+
+    Returns {"loss_control": 0-dim tensor (0 when nothing is controlled), "control_<p>": achieved
+    batch mean of p, detached}.
+    """
+    total = fake_rgb.new_zeros(())
+    terms: dict[str, torch.Tensor] = {}
+    per_image = image_statistics(fake_rgb, tuple(controls)) if controls else {}
+    for name, control in controls.items():
+        achieved = batch_mean(name, per_image[name])
+        total = total + control.weight * distance(name, achieved, control.target)
+        terms[f"control_{name}"] = achieved.detach()
+    return {"loss_control": total, **terms}
+
+
+def generator_loss(fake_logits: torch.Tensor, fake_ab: torch.Tensor, real_ab: torch.Tensor,
+                   fake_rgb: torch.Tensor, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Non-saturating adversarial BCE + l1_weight·mean|fake_ab − real_ab| + the control terms.
+
+    fake_ab and real_ab are normalized ab; fake_rgb is the generated Lab image converted to RGB.
+    """
+    adversarial = _bce_to(fake_logits, 1.0)
+    l1 = (fake_ab - real_ab).abs().mean()
+    controls = control_loss(fake_rgb, loss_cfg.controlled())
+    total = adversarial + loss_cfg.l1_weight * l1 + controls["loss_control"]
+    return {"loss_g": total, "loss_g_adv": adversarial, "loss_l1": l1, **controls}
