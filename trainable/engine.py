@@ -1,0 +1,192 @@
+"""The trainer: both nets, their optimizers and schedule, the data on the device, the RNG.
+
+One `train_step` is a discriminator update then a generator update (pix2pix order). Losses are
+summed on the device and read back once per epoch, so the step itself never waits for the host.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from trainable.color import lab_normalized_to_rgb
+from trainable.config import Config, flatten, from_dict, to_dict
+from trainable.data import ColorData, batch_indices, load_data, random_flip
+from trainable.losses import discriminator_loss, generator_loss
+from trainable.metrics import MetricAccumulator, metric_names as _metric_names
+from trainable.models import build_models
+from trainable.schedule import LrSchedule
+
+STATE_FORMAT = "colorsweep-trainer"
+# Keys that may differ between a checkpoint and the command that resumes it.
+RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.threads", "train.eval_batch_size",
+                     "data.path", "data.download")
+
+
+def metric_names(cfg: Config) -> list[str]:
+    """Every metric name `Trainer.evaluate` reports for this config."""
+    return _metric_names(cfg.loss.controlled())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. On CUDA, bf16 pays only at large batches or in a
+    captured graph: at batch 128 the eager step is launch-bound and bf16 autocast is slower."""
+    choice = cfg.train.precision
+    if device.type != "cuda" or choice == "fp32":
+        return None
+    if choice == "auto":
+        big = cfg.train.batch_size >= 512 or cfg.train.cuda_graph == "on"
+        return torch.bfloat16 if big and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if choice == "bf16" else torch.float16
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data: ColorData | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.data = data if data is not None else load_data(cfg.data, self.device)
+        self.generator, self.discriminator = (m.to(self.device) for m in build_models(cfg))
+        fused = cfg.train.fused_adam == "on" or (cfg.train.fused_adam == "auto" and self.device.type == "cuda")
+        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.lr_generator,
+                                      betas=betas, fused=fused or None)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.optim.lr_discriminator,
+                                      betas=betas, fused=fused or None)
+        self.schedule = LrSchedule(cfg.optim)
+        self.autocast_dtype = resolve_precision(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.rng = torch.Generator().manual_seed(cfg.train.seed)   # data order and flips
+        self.epoch = 0
+        self.step = 0
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
+    def _set_lr(self) -> None:
+        factor = self.schedule.factor(self.step)
+        for group in self.opt_g.param_groups:
+            group["lr"] = self.cfg.optim.lr_generator * factor
+        for group in self.opt_d.param_groups:
+            group["lr"] = self.cfg.optim.lr_discriminator * factor
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One D update then one G update on a normalized-Lab batch; returns detached losses."""
+        gray, real_ab = batch[:, :1], batch[:, 1:]
+        with self._autocast():
+            fake_ab = self.generator(gray)
+            real_logits = self.discriminator(torch.cat([gray, real_ab], 1))
+            fake_logits = self.discriminator(torch.cat([gray, fake_ab.detach()], 1))
+            d_losses = discriminator_loss(real_logits, fake_logits, self.cfg.loss.real_label)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(d_losses["loss_d"]).backward()
+        self.scaler.step(self.opt_d)
+
+        self.discriminator.requires_grad_(False)      # G's update needs no D parameter grads
+        with self._autocast():
+            fake_logits = self.discriminator(torch.cat([gray, fake_ab], 1))
+        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab.float()], 1))
+        g_losses = generator_loss(fake_logits.float(), fake_ab.float(), real_ab, fake_rgb, self.cfg.loss)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(g_losses["loss_g"]).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.discriminator.requires_grad_(True)
+        return {k: v.detach() for k, v in {**d_losses, **g_losses}.items()}
+
+    def train_epoch(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """One pass over the training images; returns the epoch's mean losses and the lr."""
+        self.generator.train()
+        self.discriminator.train()
+        batches = batch_indices(len(self.data.train), self.cfg.train.batch_size, self.rng)
+        sums: dict[str, torch.Tensor] = {}
+        for i, index in enumerate(batches):
+            batch = self.data.train[index.to(self.device)]
+            if self.cfg.data.flip:
+                batch = random_flip(batch, self.rng)
+            self._set_lr()
+            for key, value in self.train_step(batch).items():
+                sums[key] = sums[key] + value if key in sums else value
+            self.step += 1
+            if progress is not None:
+                progress(i + 1, len(batches))
+        self.epoch += 1
+        means = {key: float(value) / len(batches) for key, value in sums.items()}
+        self.schedule.end_epoch(means["loss_l1"])
+        means["lr_generator"] = self.opt_g.param_groups[0]["lr"]
+        return means
+
+    @torch.no_grad()
+    def colorize(self, gray: torch.Tensor) -> torch.Tensor:
+        """Normalized L (N,1,H,W) → normalized Lab (N,3,H,W), generator in eval mode."""
+        self.generator.eval()
+        with self._autocast():
+            fake_ab = self.generator(gray.to(self.device))
+        return torch.cat([gray.to(self.device), fake_ab.float()], 1)
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor | None = None) -> dict[str, float]:
+        """All `val_*` metrics on `images` (normalized Lab; default: the validation split)."""
+        images = self.data.val if images is None else images
+        accumulator = MetricAccumulator(self.cfg.loss.controlled())
+        for start in range(0, len(images), self.cfg.train.eval_batch_size):
+            real = images[start:start + self.cfg.train.eval_batch_size].to(self.device)
+            fake = self.colorize(real[:, :1])
+            accumulator.update(fake, real, lab_normalized_to_rgb(fake), lab_normalized_to_rgb(real))
+        return accumulator.finalize()
+
+    def sample_grid(self, count: int = 8, images: torch.Tensor | None = None) -> np.ndarray:
+        """uint8 HWC grid of the first `count` validation images: rows gray / ours / real."""
+        real = (self.data.val if images is None else images)[:count].to(self.device)
+        fake = self.colorize(real[:, :1])
+        gray = torch.cat([real[:, :1], torch.zeros_like(real[:, 1:])], 1)
+        rows = [lab_normalized_to_rgb(x) for x in (gray, fake, real)]
+        grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)   # (3, 3H, count·W)
+        scale = max(1, 64 // real.shape[-1])      # 32×32 CIFAR images are shown at 64×64
+        grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        return (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    def state_dict(self) -> dict:
+        cuda_rng = torch.cuda.get_rng_state() if self.device.type == "cuda" else None
+        return {"format": STATE_FORMAT, "version": 1, "config": to_dict(self.cfg),
+                "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "rng": self.rng.get_state(),
+                "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_resumable(state, self.cfg)
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"])
+
+
+def check_resumable(state: dict, cfg: Config) -> None:
+    """Refuse a checkpoint made with another config (other than the keys a resume may change)."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError("not a colorsweep trainer checkpoint")
+    saved, wanted = flatten(to_dict(from_dict(state["config"]))), flatten(to_dict(cfg))
+    changed = [k for k in wanted if saved[k] != wanted[k] and k not in RESUMABLE_CHANGES]
+    if changed:
+        details = ", ".join(f"{k}: {saved[k]!r} → {wanted[k]!r}" for k in changed[:4])
+        raise ValueError(f"checkpoint was made with another config ({details}); "
+                         "use a new checkpoint folder or the original settings")
