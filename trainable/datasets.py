@@ -1,0 +1,149 @@
+"""Raw image sets as uint8 (N, H, W, 3) RGB numpy arrays: cifar10, npz, folder and synthetic.
+
+`load_raw(cfg, split)` picks the loader named by `cfg.dataset`. Only cifar10 has a separate test
+split; the others have one set of images, which data.py splits into train and validation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from trainable.cifar10 import load_cifar10, read_npz_images
+from trainable.config import DataConfig
+from trainable.download import DataError
+
+__all__ = ["DataError", "load_raw", "load_npz", "load_folder", "make_synthetic", "has_test_split"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CIFAR10_SIZE = 32
+SYNTHETIC_CHUNK_PIXELS = 1 << 20  # pixels generated at once; bounds the float scratch memory
+SYNTHETIC_SHAPES = 4          # blobs / disks / squares drawn over each gradient
+SYNTHETIC_GRAY_EVERY = 8      # every 8th synthetic image is made gray, to exercise the gray filter
+
+
+def has_test_split(cfg: DataConfig) -> bool:
+    """Whether the dataset has its own test split (cifar10 only)."""
+    return cfg.dataset == "cifar10"
+
+
+def _check_size(images: np.ndarray, size: int, where: str) -> np.ndarray:
+    if images.shape[1:3] != (size, size):
+        raise DataError(f"data.image_size: is {size} but the images in {where} are "
+                        f"{images.shape[1]}x{images.shape[2]}")
+    return images
+
+
+def load_npz(path: str, size: int) -> np.ndarray:
+    """One .npz file's uint8 NHWC `images`, which must be size×size."""
+    if not path:
+        raise DataError("data.path: empty; set it to an .npz file with uint8 NHWC 'images'")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{file}: no such file (data.path for data.dataset=npz)")
+    return _check_size(read_npz_images(file), size, str(file))
+
+
+def _fit_square(file: Path, size: int) -> np.ndarray:
+    """Open an image as RGB, resize its shorter side to size and crop the center square."""
+    try:
+        with Image.open(file) as opened:
+            image = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{file}: not a readable image ({err})") from None
+    width, height = image.size
+    scale = size / min(width, height)
+    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_width, new_height) != (width, height):
+        image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def load_folder(path: str, size: int) -> np.ndarray:
+    """Every JPEG/PNG under path (recursive, sorted by path), as size×size center crops."""
+    if not path:
+        raise DataError("data.path: empty; set it to a folder of JPEG/PNG images")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (data.path for data.dataset=folder)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{root}: holds no .jpg/.jpeg/.png images")
+    images = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for index, file in enumerate(files):
+        images[index] = _fit_square(file, size)
+    return images
+
+
+def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Vectorized HSV (all in [0, 1]) → RGB in [0, 1], shape (..., 3)."""
+    sector = np.floor(hue * 6).astype(np.int64) % 6
+    fraction = hue * 6 - np.floor(hue * 6)
+    p = value * (1 - saturation)
+    q = value * (1 - fraction * saturation)
+    t = value * (1 - (1 - fraction) * saturation)
+    red = np.choose(sector, [value, q, p, p, t, value])
+    green = np.choose(sector, [t, value, value, q, p, p])
+    blue = np.choose(sector, [p, p, t, value, value, q])
+    return np.stack([red, green, blue], axis=-1)
+
+
+def _random_colors(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    # saturation and value ≥ 0.35 keep every colored image well above the gray-filter threshold
+    return _hsv_to_rgb(rng.random(shape), rng.uniform(0.35, 1.0, shape), rng.uniform(0.35, 1.0, shape))
+
+
+def _synthetic_chunk(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
+    """count float images (count, size, size, 3): a two-color gradient, then soft shapes over it."""
+    axis = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+    y, x = np.meshgrid(axis, axis, indexing="ij")                       # (H, W), in [-0.5, 0.5]
+    angle = rng.uniform(0, 2 * np.pi, count)[:, None, None]
+    cos, sin = np.cos(angle), np.sin(angle)
+    ramp = np.clip((cos * x + sin * y) / (np.abs(cos) + np.abs(sin)) + 0.5, 0, 1)[..., None]
+    ends = _random_colors(rng, (count, 2))[:, :, None, None, :]         # (N, 2, 1, 1, 3)
+    images = ends[:, 0] * (1 - ramp) + ends[:, 1] * ramp
+    centers = rng.uniform(-0.4, 0.4, (count, SYNTHETIC_SHAPES, 2, 1, 1))
+    radii = rng.uniform(0.06, 0.3, (count, SYNTHETIC_SHAPES, 1, 1))
+    kinds = rng.integers(0, 3, (count, SYNTHETIC_SHAPES, 1, 1))
+    colors = _random_colors(rng, (count, SYNTHETIC_SHAPES))
+    dy, dx = y - centers[:, :, 0], x - centers[:, :, 1]                  # (N, K, H, W)
+    blob = np.exp(-(dx ** 2 + dy ** 2) / (2 * (radii / 2) ** 2))
+    disk = np.clip((radii - np.sqrt(dx ** 2 + dy ** 2)) * size, 0, 1)
+    square = np.clip((radii - np.maximum(np.abs(dx), np.abs(dy))) * size, 0, 1)
+    alpha = np.choose(kinds, [blob, disk, square])[..., None]          # (N, K, H, W, 1)
+    for shape in range(SYNTHETIC_SHAPES):
+        images = images * (1 - alpha[:, shape]) + colors[:, shape, None, None, :] * alpha[:, shape]
+    return images
+
+
+def make_synthetic(count: int, size: int, seed: int) -> np.ndarray:
+    """count procedural color images, deterministic for (count, size, seed); every
+    SYNTHETIC_GRAY_EVERY-th one (index 7, 15, …) is pure gray."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    chunk = max(1, SYNTHETIC_CHUNK_PIXELS // (size * size))
+    for start in range(0, count, chunk):
+        stop = min(count, start + chunk)
+        images[start:stop] = np.round(_synthetic_chunk(rng, stop - start, size) * 255)
+    gray = np.arange(count) % SYNTHETIC_GRAY_EVERY == SYNTHETIC_GRAY_EVERY - 1
+    luma = images[gray].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    images[gray] = np.round(luma).astype(np.uint8)[..., None]
+    return images
+
+
+def load_raw(cfg: DataConfig, split: str = "train") -> np.ndarray:
+    """The uint8 NHWC RGB images of cfg.dataset; split "test" exists only for cifar10."""
+    if split != "train" and not has_test_split(cfg):
+        raise DataError(f"data.dataset: {cfg.dataset} has no {split} split")
+    if cfg.dataset == "cifar10":
+        images = load_cifar10(cfg.path, split, cfg.download)
+        return _check_size(images, cfg.image_size, cfg.path)
+    if cfg.dataset == "npz":
+        return load_npz(cfg.path, cfg.image_size)
+    if cfg.dataset == "folder":
+        return load_folder(cfg.path, cfg.image_size)
+    if cfg.dataset == "synthetic":
+        return make_synthetic(cfg.synthetic_size, cfg.image_size, cfg.split_seed)
+    raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}")
