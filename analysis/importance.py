@@ -63,6 +63,7 @@ def build_study(sweep: Sweep, table: pd.DataFrame | None = None) -> optuna.Study
     table = sweep.table if table is None else table
     metrics = [o.metric for o in sweep.objectives]
     rows = table[(table["status"] == "TERMINATED") & table[metrics].notna().all(axis=1)]
+    rows = rows.sort_values("trial_id")  # the forest behind fANOVA depends on the order
     dists = distributions(sweep, rows)
     study = optuna.create_study(directions=["minimize" if o.mode == "min" else "maximize"
                                             for o in sweep.objectives])

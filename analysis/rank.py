@@ -10,14 +10,13 @@ import math
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from analysis.load import Sweep, SweepError, load_sweep
-from analysis.pareto import Objective, parse_objective, rank_table
+from analysis.load import Sweep, SweepError
+from analysis.pareto import rank_table
 
 SHOWN_METRICS = ("val_colorfulness_ratio", "val_pixel_acc_5", "val_psnr")
 
@@ -44,7 +43,7 @@ def columns_shown(sweep: Sweep, table: pd.DataFrame) -> list[str]:
     return picked + [p for p in sweep.params if p in table.columns]
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
@@ -64,8 +63,8 @@ def render_table(sweep: Sweep, table: pd.DataFrame, top: int | None) -> Table:
     rows = pd.concat([ranked_rows.head(top) if top else ranked_rows, table[table["rank"].isna()]])
     for _, row in rows.iterrows():
         status = row["status"] + (f": {row['error'][:60]}" if row.get("error") else "")
-        out.add_row(_cell(row["rank"]), "★" if row["pareto"] else "", str(row["trial_id"]), status,
-                    _cell(row["iterations"]), *(_cell(row[c]) for c in shown))
+        out.add_row(cell(row["rank"]), "★" if row["pareto"] else "", str(row["trial_id"]), status,
+                    cell(row["iterations"]), *(cell(row[c]) for c in shown))
     return out
 
 
@@ -82,10 +81,11 @@ def export(table: pd.DataFrame, csv: str | None, json: str | None) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis.rank", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="sweep folder (sweeps/<name>)")
+    parser.add_argument("sweep", help="sweep folder (sweeps/<name>), or mlflow:EXPERIMENT")
     parser.add_argument("--top", type=int, default=None, help="show only the K best ranked trials")
     parser.add_argument("--objective", action="append", default=None, metavar="METRIC[:min|max]",
                         help="objective (repeatable); default: the sweep spec's objectives")
+    parser.add_argument("--mlflow-uri", default=None, help="tracking URI for mlflow:EXPERIMENT")
     parser.add_argument("--csv", help="write the full table as CSV")
     parser.add_argument("--json", help="write the full table as JSON records")
     return parser
@@ -96,9 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top is not None and args.top < 1:
         parser.error("--top must be >= 1")
+    from analysis.tracking import open_sweep  # MLflow is imported only when a sweep is opened
     try:
-        objectives = [parse_objective(o) for o in args.objective] if args.objective else None
-        sweep = load_sweep(Path(args.sweep), objectives)
+        sweep = open_sweep(args.sweep, args.objective, args.mlflow_uri)
         table = ranked(sweep)
     except (SweepError, KeyError, ValueError) as err:
         print(f"analysis.rank: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
