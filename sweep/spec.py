@@ -1,0 +1,218 @@
+"""Sweep specs: `search_spaces/*.yaml` read into one frozen `SweepSpec`, checked before Ray starts.
+
+A spec names the sweep, its base training config (nested `config:` plus dotted `overrides:`), the
+search `space` over dotted config keys, the `objectives`, the Optuna `sampler`, an optional ASHA
+`scheduler`, and the sweep's size and pacing. Every error is a `SpecError` whose message starts with
+the offending key. No Ray, Optuna or MLflow here: `sweep/ray_adapter.py` turns the spec into those.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainable.config import (Config, ConfigError, apply_overrides, from_dict, parse_assignment,
+                              read_yaml, to_dict)
+from sweep.space import (Distribution, SpecError, check_mapping, config_error_to_spec, distribution_dict,
+                         need, parse_space, probe_config)
+
+TOP_KEYS = ("name", "config", "overrides", "space", "objectives", "sampler", "scheduler",
+            "num_samples", "max_concurrent", "report_every", "time_budget")
+SAMPLERS = ("tpe", "nsga2", "cmaes", "random", "grid")
+SCHEDULERS = ("none", "asha")
+MODES = ("min", "max")
+DEFAULT_OBJECTIVES = (("val_control_error", "min"), ("val_realism_abhist", "min"))
+MAX_CONCURRENT_DEFAULT = 10
+# Changing these between runs of one sweep is allowed; every other difference is refused.
+RESUMABLE_CHANGES = ("time_budget",)
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    config: Config                          # base config, `fixed` entries applied
+    space: Mapping[str, Distribution]       # searched dotted keys only
+    objectives: tuple[Objective, ...]
+    sampler: str
+    seed: int | None
+    scheduler: str
+    grace_period: int                       # ASHA: reports before a trial may be stopped
+    num_samples: int
+    max_concurrent: int
+    report_every: int
+    time_budget_s: float | None
+
+    def trial_config(self, searched: Mapping[str, object]) -> Config:
+        """The full config of one trial: the base config plus its searched values."""
+        return apply_overrides(self.config, dict(searched))
+
+    def num_reports(self) -> int:
+        return math.ceil(self.config.train.epochs / self.report_every)
+
+
+def _int(key: str, value: object, low: int) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    need(key, ok, f"must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def parse_duration(key: str, value: object) -> float | None:
+    """'11h30m' / '90m' / '45s' / 3600 → seconds; None or 0 means no budget."""
+    if value is None or value == 0:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*", str(value))
+    need(key, bool(match) and any(match.groups()), f"expected a duration like 11h30m, got {value!r}")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def _objectives(raw: object, cfg: Config) -> tuple[Objective, ...]:
+    if raw is None:
+        raw = [{"metric": m, "mode": mode} for m, mode in DEFAULT_OBJECTIVES]
+    need("objectives", isinstance(raw, list) and len(raw) > 0, "expected a non-empty list")
+    reported = set(_metric_names(cfg))
+    objectives = []
+    for i, entry in enumerate(raw):
+        key = f"objectives[{i}]"
+        check_mapping(key, entry, ("metric", "mode"))
+        metric, mode = entry.get("metric"), entry.get("mode", "min")
+        need(f"{key}.metric", metric in reported,
+              f"the trainer does not report {metric!r} (it reports: {', '.join(sorted(reported))})")
+        need(f"{key}.mode", mode in MODES, f"must be min or max, got {mode!r}")
+        objectives.append(Objective(metric, mode))
+    need("objectives", len({o.metric for o in objectives}) == len(objectives), "a metric is listed twice")
+    return tuple(objectives)
+
+
+def _metric_names(cfg: Config) -> list[str]:
+    from trainable.engine import metric_names  # imported late: the engine pulls in torch
+    return metric_names(cfg)
+
+
+def _sampler(raw: object, space: Mapping[str, Distribution], objectives) -> tuple[str, int | None]:
+    raw = {"type": raw} if isinstance(raw, str) or raw is None else raw
+    check_mapping("sampler", raw, ("type", "seed"))
+    kind, seed = raw.get("type") or "tpe", raw.get("seed")
+    need("sampler.type", kind in SAMPLERS, f"unknown sampler {kind!r} (known: {', '.join(SAMPLERS)})")
+    if seed is not None:
+        _int("sampler.seed", seed, 0)
+    if kind == "cmaes":
+        need("sampler.type", len(objectives) == 1, "cmaes optimizes a single objective")
+    grids = [k for k, d in space.items() if d.kind == "grid"]
+    if kind == "grid":
+        others = [k for k, d in space.items() if d.kind not in ("grid", "choice")]
+        need(f"space.{others[0]}" if others else "space", not others, "sampler grid needs grid or choice values")
+    else:
+        need(f"space.{grids[0]}" if grids else "space", not grids, "type grid needs 'sampler: grid'")
+    return kind, seed
+
+
+def _scheduler(raw: object) -> tuple[str, int]:
+    raw = {"type": raw} if isinstance(raw, str) or raw is None else raw
+    check_mapping("scheduler", raw, ("type", "grace_period"))
+    kind = raw.get("type") or "none"
+    need("scheduler.type", kind in SCHEDULERS, f"unknown scheduler {kind!r} (known: none, asha)")
+    return kind, _int("scheduler.grace_period", raw.get("grace_period", 1), 1)
+
+
+def _base_config(raw: Mapping) -> Config:
+    overrides = raw.get("overrides") or {}
+    need("overrides", isinstance(overrides, Mapping), "expected a mapping of dotted keys")
+    base = config_error_to_spec(lambda: from_dict(raw.get("config") or {}), "config.")
+    return config_error_to_spec(lambda: apply_overrides(base, overrides), "overrides.")
+
+
+def _set_override(raw: dict, assignment: str) -> None:
+    """One `--set key=value`: a sweep-level key (num_samples, sampler.seed …) or a config key."""
+    try:
+        key, value = parse_assignment(assignment)
+    except ConfigError as err:
+        raise SpecError(f"--set {err}") from None
+    head, _, rest = key.partition(".")
+    if head in TOP_KEYS and head not in ("config", "overrides", "space"):
+        if rest:
+            section = raw.get(head)
+            section = {"type": section} if isinstance(section, str) or section is None else dict(section)
+            section[rest] = value
+            raw[head] = section
+        else:
+            raw[head] = value
+    else:
+        raw["overrides"] = {**(raw.get("overrides") or {}), key: value}
+
+
+def parse_spec(raw: Mapping, sets: Sequence[str] = ()) -> SweepSpec:
+    """Check and resolve a spec from plain data plus `--set` assignments."""
+    raw = dict(raw)
+    for assignment in sets:
+        _set_override(raw, assignment)
+    for key in raw:
+        need(str(key), key in TOP_KEYS, f"unknown key (known: {', '.join(TOP_KEYS)})")
+    name = raw.get("name")
+    need("name", isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name or "") is not None,
+          "expected a folder-safe name (letters, digits, _ . -)")
+    base = _base_config(raw)
+    space, config = parse_space(raw.get("space"), base)
+    objectives = _objectives(raw.get("objectives"), probe_config(config, space))
+    sampler, seed = _sampler(raw.get("sampler"), space, objectives)
+    scheduler, grace_period = _scheduler(raw.get("scheduler"))
+    num_samples = _int("num_samples", raw.get("num_samples", 10), 1)
+    default_concurrent = min(MAX_CONCURRENT_DEFAULT, num_samples)
+    return SweepSpec(
+        name=name, config=config, space=space, objectives=objectives, sampler=sampler, seed=seed,
+        scheduler=scheduler, grace_period=grace_period, num_samples=num_samples,
+        max_concurrent=_int("max_concurrent", raw.get("max_concurrent", default_concurrent), 1),
+        report_every=_int("report_every", raw.get("report_every", 1), 1),
+        time_budget_s=parse_duration("time_budget", raw.get("time_budget")),
+    )
+
+
+def load_spec(path: str | Path, sets: Sequence[str] = ()) -> SweepSpec:
+    """Read a spec file (safe YAML loader) and resolve it."""
+    try:
+        raw = read_yaml(path)
+    except ConfigError as err:
+        raise SpecError(str(err)) from None
+    return parse_spec(raw, sets)
+
+
+def resolved(spec: SweepSpec) -> dict:
+    """The spec as plain data with every default filled in (saved next to the sweep)."""
+    return {
+        "name": spec.name,
+        "config": to_dict(spec.config),
+        "space": {key: distribution_dict(d) for key, d in spec.space.items()},
+        "objectives": [{"metric": o.metric, "mode": o.mode} for o in spec.objectives],
+        "sampler": {"type": spec.sampler, "seed": spec.seed},
+        "scheduler": {"type": spec.scheduler, "grace_period": spec.grace_period},
+        "num_samples": spec.num_samples,
+        "max_concurrent": spec.max_concurrent,
+        "report_every": spec.report_every,
+        "time_budget": spec.time_budget_s,
+    }
+
+
+def incompatibility(saved: Mapping, current: Mapping, prefix: str = "") -> str | None:
+    """The first dotted key whose value differs between two resolved specs, as a sentence."""
+    for key in sorted(set(saved) | set(current)):
+        dotted = f"{prefix}{key}"
+        if dotted in RESUMABLE_CHANGES:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            found = incompatibility(old, new, f"{dotted}.")
+            if found:
+                return found
+        elif old != new:
+            return f"{dotted} was {old!r}, now {new!r}"
+    return None
