@@ -1,0 +1,92 @@
+"""Trainer: steps, metrics, determinism of stop-and-resume, control terms that train."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from trainable.engine import Trainer, metric_names
+from trainable.loop import read_metrics, run_training
+
+
+def _weights(trainer: Trainer) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in trainer.generator.parameters()])
+
+
+def test_train_epoch_reports_losses_and_steps():
+    trainer = Trainer(tiny_config())
+    before = _weights(trainer).clone()
+    losses = trainer.train_epoch()
+    assert trainer.epoch == 1 and trainer.step == len(trainer.data.train) // 16
+    assert {"loss_d", "loss_g", "loss_l1", "loss_control", "lr_generator"} <= set(losses)
+    assert all(np.isfinite(v) for v in losses.values())
+    assert not torch.equal(before, _weights(trainer))
+
+
+def test_evaluate_reports_every_named_metric():
+    cfg = tiny_config("loss.saturation.weight=5", "loss.hue.weight=1", "loss.hue.target=0.95")
+    metrics = Trainer(cfg).evaluate()
+    assert sorted(metrics) == sorted(metric_names(cfg))
+    assert 0 <= metrics["val_realism_abhist"] <= 1
+    assert 0 <= metrics["val_hue"] < 1
+    assert metrics["val_control_error_hue"] <= 0.5
+    expected = (metrics["val_control_error_saturation"] + metrics["val_control_error_hue"]) / 2
+    assert metrics["val_control_error"] == pytest.approx(expected)
+
+
+def test_sample_grid_shape():
+    trainer = Trainer(tiny_config())
+    grid = trainer.sample_grid(count=4)
+    assert grid.dtype == np.uint8 and grid.shape == (3 * 64, 4 * 64, 3)
+
+
+def test_stop_and_resume_gives_the_same_weights(tmp_path):
+    straight = run_training(tiny_config("train.epochs=3"), tmp_path / "straight", progress=False)
+    run_training(tiny_config("train.epochs=1"), tmp_path / "split", progress=False)
+    resumed = run_training(tiny_config("train.epochs=3"), tmp_path / "split", progress=False)
+    assert resumed.epoch == 3 and resumed.step == straight.step
+    assert torch.equal(_weights(straight), _weights(resumed))
+    d_straight = torch.cat([p.flatten() for p in straight.discriminator.parameters()])
+    d_resumed = torch.cat([p.flatten() for p in resumed.discriminator.parameters()])
+    assert torch.equal(d_straight, d_resumed)
+    assert [row["epoch"] for row in read_metrics(tmp_path / "split" / "metrics.jsonl")] == [1, 2, 3]
+    straight_rows = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    split_rows = read_metrics(tmp_path / "split" / "metrics.jsonl")
+    assert straight_rows[-1]["loss_g"] == split_rows[-1]["loss_g"]
+
+
+def test_resume_refuses_another_model(tmp_path):
+    run_training(tiny_config("train.epochs=1"), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="model.width"):
+        run_training(tiny_config("train.epochs=2", "model.width=0.25"), tmp_path, progress=False)
+
+
+def test_exponential_schedule_decays_per_step():
+    trainer = Trainer(tiny_config("optim.schedule=exponential", "optim.lr_decay_steps=10"))
+    trainer.train_epoch()
+    expected = 2e-4 * 0.1 ** ((trainer.step - 1) / 10)
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_plateau_schedule_divides_by_ten():
+    trainer = Trainer(tiny_config("optim.plateau_patience=1"))
+    trainer.schedule.end_epoch(1.0)
+    trainer.schedule.end_epoch(2.0)          # no improvement for one epoch → ÷10
+    assert trainer.schedule.factor(0) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_control_term_moves_saturation_both_ways():
+    """σ_S = 0.9 vs 0.1 at λ = 20: held-out saturation ends above / below the uncontrolled run."""
+    achieved = {}
+    for weight, target in ((0, 0.5), (20, 0.9), (20, 0.1)):
+        cfg = tiny_config("train.epochs=4", "train.batch_size=8", "data.synthetic_size=320",
+                          f"loss.saturation.weight={weight}", f"loss.saturation.target={target}")
+        trainer = Trainer(cfg)
+        for _ in range(cfg.train.epochs):
+            trainer.train_epoch()
+        achieved[(weight, target)] = trainer.evaluate()["val_saturation"]
+    baseline, high, low = achieved[(0, 0.5)], achieved[(20, 0.9)], achieved[(20, 0.1)]
+    assert high > baseline + 0.1 and low < baseline - 0.02, achieved
+    assert high - low > 0.2, achieved

@@ -1,0 +1,85 @@
+"""The train CLI: seed-project flags, config errors, resume, corrupt checkpoints."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY, tiny_config
+from trainable.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trainable.train import build_parser, config_from_args, main
+
+SEED_FLAGS = ("--seed 100 --dataset cifar10 --dataset-path ./dataset/cifar10 --checkpoints-path ./checkpoints "
+              "--batch-size 128 --epochs 200 --lr 3e-4 --lr-decay-steps 1e4 --augment True "
+              "--desired-saturation 1 --saturation-weight 20 --desired-hue 0.6 --hue-weight 5").split()
+
+
+def test_seed_flags_parse_to_the_right_config():
+    args = build_parser().parse_args(SEED_FLAGS + ["--label-smoothing", "False", "--l1-weight", "50",
+                                                   "--desired-red", "0.3", "--red-weight", "2"])
+    cfg = config_from_args(args)
+    assert (cfg.train.seed, cfg.train.batch_size, cfg.train.epochs) == (100, 128, 200)
+    assert (cfg.data.dataset, cfg.data.path, cfg.data.flip) == ("cifar10", "./dataset/cifar10", True)
+    assert cfg.optim.lr_generator == cfg.optim.lr_discriminator == 3e-4
+    assert (cfg.optim.schedule, cfg.optim.lr_decay_steps) == ("exponential", 10000)
+    assert (cfg.loss.saturation.target, cfg.loss.saturation.weight) == (1.0, 20.0)
+    assert (cfg.loss.hue.target, cfg.loss.hue.weight) == (0.6, 5.0)
+    assert (cfg.loss.red.target, cfg.loss.red.weight) == (0.3, 2.0)
+    assert cfg.loss.real_label == 1.0 and cfg.loss.l1_weight == 50.0
+    assert args.checkpoints_path == "./checkpoints"
+
+
+def test_set_overrides_win_over_seed_flags():
+    args = build_parser().parse_args(["--epochs", "5", "--set", "train.epochs=7", "--set", "model.width=0.25"])
+    cfg = config_from_args(args)
+    assert cfg.train.epochs == 7 and cfg.model.width == 0.25
+
+
+@pytest.mark.parametrize("flags, key", [(["--set", "model.widht=1"], "model.widht"),
+                                        (["--set", "loss.hue.target=1.5"], "loss.hue.target"),
+                                        (["--desired-saturation", "2"], "loss.saturation.target"),
+                                        (["--set", "train.epochs=many"], "train.epochs")])
+def test_bad_config_is_one_line_naming_the_key(flags, key, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(flags)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert key in last
+
+
+def test_cli_trains_then_continues_with_more_epochs(tmp_path):
+    base = [f"--set={o}" for o in TINY] + ["--checkpoints-path", str(tmp_path), "--no-progress"]
+    assert main(base + ["--epochs", "1"]) == 0
+    assert main(base + ["--epochs", "2"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert "val_pixel_acc_5" in rows[0] and "val_realism_abhist" in rows[0]
+    assert (tmp_path / "config.yaml").exists()
+    assert load_checkpoint(tmp_path / "checkpoint")["epoch"] == 2
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+    save_checkpoint(tmp_path, {"epoch": 1, "weights": torch.ones(3)})
+    save_checkpoint(tmp_path, {"epoch": 2, "weights": torch.ones(3)})
+    (tmp_path / "latest.pt").write_bytes(b"torn write")
+    with pytest.warns(UserWarning, match="unreadable"):
+        state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 1
+    (tmp_path / "previous.pt").write_bytes(b"also torn")
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path)
+
+
+def test_module_entry_point_runs(tmp_path):
+    cmd = [sys.executable, "-m", "trainable.train", *[f"--set={o}" for o in TINY],
+           "--set=train.epochs=1", "--checkpoints-path", str(tmp_path), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1/1" in done.stdout
+
+
+def test_tiny_config_is_valid():
+    assert tiny_config().model.width == 0.125
