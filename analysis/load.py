@@ -85,10 +85,12 @@ def mark_early_stopped(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _error_line(trial: object) -> str:
-    error_file = getattr(trial, "error_file", None)
-    if not error_file or not Path(error_file).exists():
-        return "" if getattr(trial, "status", "") != "ERROR" else "error (no error file)"
-    lines = [ln for ln in Path(error_file).read_text().splitlines() if ln.strip()]
+    """Last line of the trial's error.txt ('' when it has none)."""
+    name = trial.run_metadata.error_filename
+    path = Path(trial.storage.trial_fs_path, name) if name else None
+    if path is None or not path.exists():
+        return "error (no error file)" if trial.status == "ERROR" else ""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     return lines[-1].strip() if lines else ""
 
 

@@ -22,7 +22,10 @@ SHOWN_METRICS = ("val_colorfulness_ratio", "val_pixel_acc_5", "val_psnr")
 
 
 def param_label(key: str) -> str:
-    """'loss.saturation.weight' → 'λ_saturation', 'loss.hue.target' → 'σ_hue', others unchanged."""
+    """'loss.saturation.weight' → 'λ_saturation', 'loss.hue.target' → 'σ_hue',
+    'val_control_error_hue' → 'val_err_hue', others unchanged."""
+    if key.startswith("val_control_error_"):
+        return "val_err_" + key.removeprefix("val_control_error_")
     match = re.fullmatch(r"loss\.(\w+)\.(weight|target)", key)
     if not match:
         return key
@@ -58,7 +61,8 @@ def render_table(sweep: Sweep, table: pd.DataFrame, top: int | None) -> Table:
     for name in ("rank", "★", "trial", "status", "reports"):
         out.add_column(name, justify="right" if name in ("rank", "reports") else "left")
     for name in shown:
-        out.add_column(param_label(name).removeprefix("val_"), justify="right")
+        label = param_label(name).removeprefix("val_")
+        out.add_column(label, justify="right", min_width=len(label))
     ranked_rows = table[table["rank"].notna()]
     rows = pd.concat([ranked_rows.head(top) if top else ranked_rows, table[table["rank"].isna()]])
     for _, row in rows.iterrows():
@@ -103,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SweepError, KeyError, ValueError) as err:
         print(f"analysis.rank: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2
-    console = Console(width=max(Console().width, 160))
+    console = Console() if sys.stdout.isatty() else Console(width=240)  # piped: do not cut columns
     console.print(render_table(sweep, table, args.top))
     counts = table["status"].value_counts().to_dict()
     console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

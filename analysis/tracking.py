@@ -19,20 +19,32 @@ from analysis.pareto import DEFAULT_OBJECTIVES, Objective, parse_objective
 
 STATUS_FROM_MLFLOW = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "KILLED",
                       "RUNNING": "RUNNING", "SCHEDULED": "PENDING"}
+TRIAL_RUNS = "tags.`colorsweep.role` = 'trial'"
+LOST_TAG = "colorsweep.lost"  # trial runs of a resumed sweep that Tune no longer knows
 BATCH = 100  # MLflow's limit of params / metrics per log_batch call
 
 
 def client_for(state: Mapping) -> MlflowClient:
     """A client on the sweep's tracking store (MLflow's default when the state names none)."""
-    return MlflowClient(tracking_uri=state.get("tracking_uri") or state.get("mlflow_uri") or None)
+    return MlflowClient(tracking_uri=state.get("tracking_uri") or None)
 
 
 def parent_run_id(state: Mapping) -> str | None:
-    return state.get("parent_run_id") or state.get("parent_run")
+    return state.get("parent_run_id") or None
 
 
 def experiment_name(state: Mapping, fallback: str) -> str:
-    return state.get("experiment") or state.get("experiment_name") or fallback
+    return state.get("experiment_name") or fallback
+
+
+def trial_run_id(state: Mapping, sweep_name: str, trial_id: str) -> str | None:
+    """The MLflow run of one trial of the sweep, when the store has it."""
+    client = client_for(state)
+    found = client.get_experiment_by_name(experiment_name(state, sweep_name))
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], f"{TRIAL_RUNS} and tags.trial_id = '{trial_id}'")
+    return runs[0].info.run_id if runs else None
 
 
 def _history_frame(client: MlflowClient, run_id: str, metrics: Sequence[str]) -> pd.DataFrame:
@@ -41,7 +53,9 @@ def _history_frame(client: MlflowClient, run_id: str, metrics: Sequence[str]) ->
         history = client.get_metric_history(run_id, key)
         columns[key] = pd.Series({m.step: m.value for m in history}, dtype=float)
     frame = pd.DataFrame(columns).sort_index()
-    return frame.rename_axis("epoch").reset_index()
+    if "epoch" not in frame:  # the step is the epoch (sweep/tracking.py)
+        frame.insert(0, "epoch", frame.index)
+    return frame.reset_index(drop=True)
 
 
 def load_mlflow_sweep(experiment: str, tracking_uri: str | None = None,
@@ -51,7 +65,8 @@ def load_mlflow_sweep(experiment: str, tracking_uri: str | None = None,
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise SweepError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
-    runs = client.search_runs([found.experiment_id], filter_string="tags.trial_id != ''")
+    runs = [r for r in client.search_runs([found.experiment_id], filter_string=TRIAL_RUNS)
+            if r.data.tags.get(LOST_TAG) != "true"]
     if not runs:
         raise SweepError(f"MLflow experiment {experiment!r} holds no trial runs (tag trial_id)")
     objectives = tuple(objectives or DEFAULT_OBJECTIVES)
