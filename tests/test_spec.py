@@ -1,0 +1,105 @@
+"""Sweep specs: the shipped search spaces load; bad specs fail with one line naming the key."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweep.launch import main
+from sweep.spec import SpecError, incompatibility, load_spec, parse_duration, parse_spec, resolved
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+GOOD = {
+    "name": "t",
+    "config": {"data": {"dataset": "synthetic"}, "model": {"width": 0.125}},
+    "space": {"loss.saturation.weight": {"type": "loguniform", "low": 1, "high": 50},
+              "loss.saturation.target": {"type": "uniform", "low": 0.1, "high": 0.9}},
+    "num_samples": 3,
+}
+
+
+def with_changes(**changes) -> dict:
+    return {**GOOD, **changes}
+
+
+@pytest.mark.parametrize("path", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_spaces_load(path):
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    assert 1 <= spec.max_concurrent <= 10
+    assert spec.space
+
+
+def test_defaults_and_sets():
+    spec = parse_spec(GOOD, ["num_samples=20", "model.width=0.25", "sampler.seed=7", "time_budget=1h30m"])
+    assert [(o.metric, o.mode) for o in spec.objectives] == [("val_control_error", "min"),
+                                                             ("val_realism_abhist", "min")]
+    assert (spec.num_samples, spec.max_concurrent, spec.seed) == (20, 10, 7)
+    assert spec.config.model.width == 0.25
+    assert spec.time_budget_s == 5400
+    assert spec.sampler == "tpe" and spec.scheduler == "none"
+
+
+def test_fixed_entries_go_to_the_base_config():
+    space = {**GOOD["space"], "loss.l1_weight": {"type": "fixed", "value": 50}}
+    spec = parse_spec(with_changes(space=space))
+    assert spec.config.loss.l1_weight == 50 and "loss.l1_weight" not in spec.space
+    assert spec.trial_config({"loss.saturation.weight": 3.0}).loss.saturation.weight == 3.0
+
+
+@pytest.mark.parametrize("text, seconds", [("11h30m", 41400), ("90m", 5400), ("45s", 45), (600, 600)])
+def test_durations(text, seconds):
+    assert parse_duration("time_budget", text) == seconds
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"colour": 1}, "colour:"),
+    ({"space": {"loss.saturation.weight": {"type": "gaussian", "low": 1, "high": 2}}},
+     "space.loss.saturation.weight.type:"),
+    ({"space": {"loss.saturation.target": {"type": "uniform", "low": 0.9, "high": 0.1}}},
+     "space.loss.saturation.target.low:"),
+    ({"space": {"loss.saturation.weight": {"type": "uniform", "low": -5, "high": 2}}},
+     "space.loss.saturation.weight:"),
+    ({"space": {"loss.saturaton.weight": {"type": "uniform", "low": 1, "high": 2}}},
+     "space.loss.saturaton.weight:"),
+    ({"objectives": [{"metric": "val_fid", "mode": "min"}]}, "objectives[0].metric:"),
+    ({"objectives": [{"metric": "val_psnr", "mode": "up"}]}, "objectives[0].mode:"),
+    ({"sampler": {"type": "bayes"}}, "sampler.type:"),
+    ({"scheduler": {"type": "asha", "grace_period": 0}}, "scheduler.grace_period:"),
+    ({"time_budget": "soon"}, "time_budget:"),
+    ({"config": {"model": {"widht": 1}}}, "config.model.widht:"),
+    ({"num_samples": 0}, "num_samples:"),
+])
+def test_bad_specs_name_the_key(changes, key):
+    with pytest.raises(SpecError) as info:
+        parse_spec(with_changes(**changes))
+    assert str(info.value).startswith(key), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_spec_exits_2_before_ray_starts(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    bad = with_changes(space={"loss.hue.weight": {"type": "uniform", "low": -1, "high": 5}})
+    spec.write_text(yaml.safe_dump(bad))
+    started = time.monotonic()
+    code = main([str(spec), "--storage", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: space.loss.hue.weight:") and len(err.splitlines()) == 1
+    assert time.monotonic() - started < 10 and not (tmp_path / "sweeps").exists()
+
+
+def test_unsafe_yaml_is_refused(tmp_path):
+    spec = tmp_path / "evil.yaml"
+    spec.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(spec)
+
+
+def test_incompatible_changes_are_named():
+    old = resolved(parse_spec(GOOD))
+    assert incompatibility(old, resolved(parse_spec(GOOD, ["time_budget=2h"]))) is None
+    changed = incompatibility(old, resolved(parse_spec(GOOD, ["model.width=0.5"])))
+    assert changed.startswith("config.model.width was 0.125, now 0.5")
