@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -59,11 +60,22 @@ def param_plots(sweep: Sweep, study: optuna.Study) -> list[plt.Figure]:
     for index, objective in enumerate(sweep.objectives):
         axes = _quiet(optuna_plots.plot_slice, study, params=list(sweep.params),
                       target=lambda t, i=index: t.values[i], target_name=objective.label)
+        _plain_log_ticks(axes)
         figure = _figure_of(axes)
         figure.set_size_inches(4.5 * len(sweep.params), 4)
         figure.suptitle(f"{objective.label} against each searched parameter")
         figures.append(figure)
     return figures
+
+
+def _plain_log_ticks(axes) -> None:
+    """Log axes get ticks at 1, 2, 5 × 10^k written as plain numbers (matplotlib's default minor
+    labels '6×10⁰ 7×10⁰ …' overlap on a narrow range such as λ in [5, 11])."""
+    for ax in np.ravel(axes):
+        if ax.get_xscale() == "log":
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def importance_plot(importances: pd.DataFrame) -> plt.Figure | None:
