@@ -51,8 +51,17 @@ def epochs_logged(sweep_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in lines if line.strip()]
 
 
+def final_run_ids(sweep_dir: Path) -> set[str]:
+    """Runs tagged final in the sweep's experiment (other tests may have made some)."""
+    state = json.loads((sweep_dir / "colorsweep_state.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    experiment = client.get_experiment_by_name("smoke")
+    return {r.info.run_id for r in client.search_runs([experiment.experiment_id], "tags.final = 'true'")}
+
+
 def test_final_survives_sigkill_and_exports_a_working_model(sweep_dir, tmp_path):
     shutil.rmtree(sweep_dir / "final", ignore_errors=True)
+    runs_before = final_run_ids(sweep_dir)
     kill_after_first_checkpoint(sweep_dir, tmp_path / "killed.log")
     assert not (sweep_dir / "final" / "generator.pt").exists()
     assert 1 <= len(epochs_logged(sweep_dir)) < EPOCHS
@@ -63,6 +72,7 @@ def test_final_survives_sigkill_and_exports_a_working_model(sweep_dir, tmp_path)
     record = json.loads((sweep_dir / "final" / "final.json").read_text())
     test_metrics = json.loads((sweep_dir / "final" / "test_metrics.json").read_text())
     assert 0 <= test_metrics["test_control_error"] < 1 and "test_realism_abhist" in test_metrics
+    assert final_run_ids(sweep_dir) - runs_before == {record["mlflow_run_id"]}  # one run across the kill
     check_mlflow_run(sweep_dir, record)
     check_export_colorizes(sweep_dir, tmp_path)
 
@@ -70,10 +80,7 @@ def test_final_survives_sigkill_and_exports_a_working_model(sweep_dir, tmp_path)
 def check_mlflow_run(sweep_dir: Path, record: dict) -> None:
     state = json.loads((sweep_dir / "colorsweep_state.json").read_text())
     client = MlflowClient(state["tracking_uri"])
-    experiment = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([experiment.experiment_id], "tags.final = 'true'")
-    assert [r.info.run_id for r in runs] == [record["mlflow_run_id"]]
-    run = runs[0]
+    run = client.get_run(record["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["colorsweep.trial_id"] == record["trial_id"]
     assert run.data.tags["colorsweep.sweep"] == "smoke"
