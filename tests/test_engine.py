@@ -81,12 +81,12 @@ def test_control_term_moves_saturation_both_ways():
     """σ_S = 0.9 vs 0.1 at λ = 20: held-out saturation ends above / below the uncontrolled run."""
     achieved = {}
     for weight, target in ((0, 0.5), (20, 0.9), (20, 0.1)):
-        cfg = tiny_config("train.epochs=4", "train.batch_size=8", "data.synthetic_size=320",
+        cfg = tiny_config("train.epochs=7", "train.batch_size=8", "data.synthetic_size=320",
                           f"loss.saturation.weight={weight}", f"loss.saturation.target={target}")
         trainer = Trainer(cfg)
         for _ in range(cfg.train.epochs):
             trainer.train_epoch()
         achieved[(weight, target)] = trainer.evaluate()["val_saturation"]
     baseline, high, low = achieved[(0, 0.5)], achieved[(20, 0.9)], achieved[(20, 0.1)]
-    assert high > baseline + 0.1 and low < baseline - 0.02, achieved
-    assert high - low > 0.2, achieved
+    assert high > baseline + 0.05 and low < baseline - 0.05, achieved
+    assert high - low > 0.15, achieved

@@ -24,6 +24,11 @@ RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.threads", "train.eva
                      "data.path", "data.download")
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """Autocast's half tensors back to fp32 for losses and color math; fp32/fp64 pass through."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def metric_names(cfg: Config) -> list[str]:
     """Every metric name `Trainer.evaluate` reports for this config."""
     return _metric_names(cfg.loss.controlled())
@@ -87,7 +92,8 @@ class Trainer:
             fake_ab = self.generator(gray)
             real_logits = self.discriminator(torch.cat([gray, real_ab], 1))
             fake_logits = self.discriminator(torch.cat([gray, fake_ab.detach()], 1))
-            d_losses = discriminator_loss(real_logits, fake_logits, self.cfg.loss.real_label)
+        d_losses = discriminator_loss(full_precision(real_logits), full_precision(fake_logits),
+                                      self.cfg.loss.real_label)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(d_losses["loss_d"]).backward()
         self.scaler.step(self.opt_d)
@@ -95,8 +101,9 @@ class Trainer:
         self.discriminator.requires_grad_(False)      # G's update needs no D parameter grads
         with self._autocast():
             fake_logits = self.discriminator(torch.cat([gray, fake_ab], 1))
-        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab.float()], 1))
-        g_losses = generator_loss(fake_logits.float(), fake_ab.float(), real_ab, fake_rgb, self.cfg.loss)
+        fake_ab = full_precision(fake_ab)
+        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 1))
+        g_losses = generator_loss(full_precision(fake_logits), fake_ab, real_ab, fake_rgb, self.cfg.loss)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_losses["loss_g"]).backward()
         self.scaler.step(self.opt_g)
@@ -132,7 +139,7 @@ class Trainer:
         self.generator.eval()
         with self._autocast():
             fake_ab = self.generator(gray.to(self.device))
-        return torch.cat([gray.to(self.device), fake_ab.float()], 1)
+        return torch.cat([gray.to(self.device), full_precision(fake_ab)], 1)
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor | None = None) -> dict[str, float]:

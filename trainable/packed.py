@@ -1,0 +1,195 @@
+"""Several trials stepped together as one horizontally fused model (the HFTA idea, MLSys 2021).
+
+K trainers with the same architecture, batch size and data are stacked with
+`torch.func.stack_module_state` and run through `vmap(functional_call(...))`, so one launch does the
+work of K: on a GPU this is what lets ten trials share a card without time-slicing. Each trial keeps
+its own config (loss weights and targets, learning rates, betas, schedule, seed), its own data order
+and flips, its own Adam state and its own BatchNorm statistics; only the kernels are shared.
+
+The stacked tensors are the truth while packed; `sync()` writes them back into the K `Trainer`
+objects, whose `state_dict()` is the ordinary checkpoint format, so a packed trial resumes on the
+plain path and back. Adam is written out here (the same arithmetic as torch's) because its learning
+rate, betas and step differ per trial; on CUDA the whole step can be captured in one graph
+(`trainable.graphs`).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from trainable.color import lab_normalized_to_rgb
+from trainable.config import flatten, to_dict
+from trainable.data import batch_indices, random_flip
+from trainable.engine import Trainer, full_precision
+from trainable.losses import discriminator_loss, generator_loss
+
+SHARED_KEYS = ("data", "model.width", "train.batch_size", "train.device", "train.precision")
+ADAM_EPS = 1e-8
+
+
+class StackedAdam:
+    """Adam over stacked (K, …) parameters with per-trial lr, betas and step (torch's formula)."""
+
+    def __init__(self, params: dict[str, torch.Tensor], betas: torch.Tensor, states: list[list[dict]]):
+        names, k = list(params), betas.shape[0]
+        self.params = params
+        self.beta1, self.beta2 = betas[:, 0], betas[:, 1]
+        self.step = torch.stack([_step_of(states[i][0]) for i in range(k)]).to(betas.device)
+        self.exp_avg = {n: _stacked(states, j, "exp_avg", params[n]) for j, n in enumerate(names)}
+        self.exp_avg_sq = {n: _stacked(states, j, "exp_avg_sq", params[n]) for j, n in enumerate(names)}
+
+    @torch.no_grad()
+    def update(self, grads: dict[str, torch.Tensor], lr: torch.Tensor) -> None:
+        self.step += 1
+        correction1 = 1 - self.beta1 ** self.step
+        correction2_sqrt = (1 - self.beta2 ** self.step).sqrt()
+        step_size = lr / correction1
+        for name, param in self.params.items():
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            grad = grads[name]
+            self.exp_avg[name].lerp_(grad, (1 - self.beta1).view(shape))
+            self.exp_avg_sq[name].mul_(self.beta2.view(shape)).addcmul_(
+                grad * (1 - self.beta2).view(shape), grad)
+            denom = (self.exp_avg_sq[name].sqrt() / correction2_sqrt.view(shape)).add_(ADAM_EPS)
+            param.sub_(step_size.view(shape) * self.exp_avg[name] / denom)
+
+    def states(self, index: int, names: list[str]) -> list[dict]:
+        """Trial `index`'s state in torch.optim.Adam's per-parameter format."""
+        step = self.step[index].detach().cpu().float()
+        return [{"step": step.clone(), "exp_avg": self.exp_avg[n][index].clone(),
+                 "exp_avg_sq": self.exp_avg_sq[n][index].clone()} for n in names]
+
+
+def _step_of(state: dict) -> torch.Tensor:
+    return torch.as_tensor(float(state["step"]) if state else 0.0, dtype=torch.float32)
+
+
+def _stacked(states: list[list[dict]], j: int, key: str, like: torch.Tensor) -> torch.Tensor:
+    parts = [s[j][key] if s[j] else torch.zeros_like(like[0]) for s in states]
+    return torch.stack(parts).to(like.device, like.dtype)
+
+
+def optimizer_states(trainer_optimizer: torch.optim.Adam) -> list[dict]:
+    return [trainer_optimizer.state.get(p, {}) for p in trainer_optimizer.param_groups[0]["params"]]
+
+
+def check_packable(trainers: list[Trainer]) -> None:
+    """Trials can share a pack only with the same data, architecture, batch and device."""
+    first = flatten(to_dict(trainers[0].cfg))
+    for trainer in trainers[1:]:
+        other = flatten(to_dict(trainer.cfg))
+        for key in first:
+            if key.startswith(SHARED_KEYS) and first[key] != other[key]:
+                raise ValueError(f"{key}: trials in one pack must share it ({first[key]!r} vs {other[key]!r})")
+        if trainer.data is not trainers[0].data and len(trainer.data.train) != len(trainers[0].data.train):
+            raise ValueError("data: trials in one pack must train on the same images")
+
+
+class PackedTrainer:
+    def __init__(self, trainers: list[Trainer]):
+        check_packable(trainers)
+        self.trainers = trainers
+        lead = trainers[0]
+        self.device, self.data, self.autocast_dtype = lead.device, lead.data, lead.autocast_dtype
+        self.g_base = copy.deepcopy(lead.generator).to("meta")
+        self.d_base = copy.deepcopy(lead.discriminator).to("meta")
+        self.g_params, self.g_buffers = stack_module_state([t.generator for t in trainers])
+        self.d_params, self.d_buffers = stack_module_state([t.discriminator for t in trainers])
+        betas = torch.tensor([[t.cfg.optim.beta1, t.cfg.optim.beta2] for t in trainers], device=self.device)
+        self.opt_g = StackedAdam(self.g_params, betas, [optimizer_states(t.opt_g) for t in trainers])
+        self.opt_d = StackedAdam(self.d_params, betas, [optimizer_states(t.opt_d) for t in trainers])
+        self.base_lr_g = torch.tensor([t.cfg.optim.lr_generator for t in trainers], device=self.device)
+        self.base_lr_d = torch.tensor([t.cfg.optim.lr_discriminator for t in trainers], device=self.device)
+
+    def _g(self, gray: torch.Tensor) -> torch.Tensor:
+        call = lambda p, b, x: functional_call(self.g_base, (p, b), (x,))  # noqa: E731
+        return vmap(call)(self.g_params, self.g_buffers, gray)
+
+    def _d(self, pairs: torch.Tensor) -> torch.Tensor:
+        call = lambda p, b, x: functional_call(self.d_base, (p, b), (x,))  # noqa: E731
+        return vmap(call)(self.d_params, self.d_buffers, pairs)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
+    def lr_factors(self) -> torch.Tensor:
+        return torch.tensor([t.schedule.factor(t.step) for t in self.trainers], device=self.device)
+
+    def step(self, batch: torch.Tensor, lr_factor: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One D then G update of every trial; batch is (K, B, 3, H, W). Returns (K,) losses."""
+        gray, real_ab = batch[:, :, :1], batch[:, :, 1:]
+        with self._autocast():
+            fake_ab = self._g(gray)
+            real_logits = self._d(torch.cat([gray, real_ab], 2))
+            fake_logits = self._d(torch.cat([gray, fake_ab.detach()], 2))
+        d_losses = [discriminator_loss(full_precision(real_logits[k]), full_precision(fake_logits[k]),
+                                       t.cfg.loss.real_label)
+                    for k, t in enumerate(self.trainers)]
+        loss_d = torch.stack([d["loss_d"] for d in d_losses])
+        d_grads = torch.autograd.grad(loss_d.sum(), list(self.d_params.values()))
+        self.opt_d.update(dict(zip(self.d_params, d_grads)), self.base_lr_d * lr_factor)
+
+        with self._autocast():
+            fake_logits = self._d(torch.cat([gray, fake_ab], 2))
+        fake_ab = full_precision(fake_ab)
+        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 2).flatten(0, 1))
+        fake_rgb = fake_rgb.view(fake_ab.shape[0], -1, *fake_rgb.shape[1:])
+        g_losses = [generator_loss(full_precision(fake_logits[k]), fake_ab[k], real_ab[k], fake_rgb[k],
+                                   t.cfg.loss) for k, t in enumerate(self.trainers)]
+        loss_g = torch.stack([g["loss_g"] for g in g_losses])
+        g_grads = torch.autograd.grad(loss_g.sum(), list(self.g_params.values()))
+        self.opt_g.update(dict(zip(self.g_params, g_grads)), self.base_lr_g * lr_factor)
+        merged = [{**d, **g} for d, g in zip(d_losses, g_losses)]
+        keys = dict.fromkeys(key for m in merged for key in m)      # control_<p> differ per trial
+        missing = torch.full((), float("nan"), device=self.device)
+        return {key: torch.stack([m[key] if key in m else missing for m in merged]).detach() for key in keys}
+
+    def next_batch(self, index: list[torch.Tensor]) -> torch.Tensor:
+        """Each trial's own batch (its indices, its flips from its own generator), stacked."""
+        parts = []
+        for trainer, trial_index in zip(self.trainers, index):
+            part = self.data.train[trial_index.to(self.device)]
+            parts.append(random_flip(part, trainer.rng) if trainer.cfg.data.flip else part)
+        return torch.stack(parts)
+
+    def train_epoch(self, step_fn=None) -> list[dict[str, float]]:
+        """One epoch of every trial; returns each trial's mean losses (as Trainer.train_epoch)."""
+        step_fn = step_fn or self.step
+        orders = [batch_indices(len(self.data.train), t.cfg.train.batch_size, t.rng) for t in self.trainers]
+        sums: dict[str, torch.Tensor] = {}
+        for i in range(len(orders[0])):
+            batch = self.next_batch([order[i] for order in orders])
+            for key, value in step_fn(batch, self.lr_factors()).items():
+                sums[key] = sums[key] + value if key in sums else value
+            for trainer in self.trainers:
+                trainer.step += 1
+        host = {key: (value / len(orders[0])).tolist() for key, value in sums.items()}
+        results = []
+        for k, trainer in enumerate(self.trainers):
+            trainer.epoch += 1
+            means = {key: values[k] for key, values in host.items() if values[k] == values[k]}  # not NaN
+            trainer.schedule.end_epoch(means["loss_l1"])
+            means["lr_generator"] = trainer.cfg.optim.lr_generator * trainer.schedule.factor(trainer.step - 1)
+            results.append(means)
+        return results
+
+    @torch.no_grad()
+    def sync(self) -> list[Trainer]:
+        """Write the stacked weights, BN statistics and Adam state back into the trainers."""
+        for k, trainer in enumerate(self.trainers):
+            for module, params, buffers in ((trainer.generator, self.g_params, self.g_buffers),
+                                            (trainer.discriminator, self.d_params, self.d_buffers)):
+                for name, tensor in {**dict(module.named_parameters()), **dict(module.named_buffers())}.items():
+                    tensor.copy_((params if name in params else buffers)[name][k])
+            for optimizer, stacked, module in ((trainer.opt_g, self.opt_g, trainer.generator),
+                                               (trainer.opt_d, self.opt_d, trainer.discriminator)):
+                names = [n for n, _ in module.named_parameters()]
+                for param, state in zip(optimizer.param_groups[0]["params"], stacked.states(k, names)):
+                    optimizer.state[param] = state
+                lr = trainer.cfg.optim.lr_generator if optimizer is trainer.opt_g else trainer.cfg.optim.lr_discriminator
+                optimizer.param_groups[0]["lr"] = lr * trainer.schedule.factor(max(trainer.step - 1, 0))
+        return self.trainers
+
