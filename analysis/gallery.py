@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from analysis.rank import param_label
 from trainable.color import lab_normalized_to_rgb
 from trainable.config import Config
 from trainable.data import load_data
@@ -67,11 +68,18 @@ class Gallery:
             self.real = to_uint8(real)
         self.rows.append((f"{title}\n{control_label(cfg)}", to_uint8(fake)))
 
-    def add_samples_png(self, title: str, path: Path) -> None:
+    def add_samples_png(self, title: str, path: Path, label: str) -> None:
         gray, ours, real = _split_samples_png(path)
         if self.gray is None:
             self.gray, self.real = gray[:self.count], real[:self.count]
-        self.rows.append((f"{title}\n(from samples.png)", ours[:self.count]))
+        self.rows.append((f"{title} (samples.png)\n{label}", ours[:self.count]))
+
+
+def params_label(row: pd.Series) -> str:
+    """σ/λ from the searched parameters of a table row (when the checkpoint cannot be read)."""
+    parts = [f"{param_label(k)}={row[k]:.3g}" for k in row.index
+             if k.startswith("loss.") and param_label(k) != k and isinstance(row[k], (int, float))]
+    return "  ".join(sorted(parts, key=lambda p: (p[2:], p[0] != "σ")))
 
 
 def _samples_png(row: pd.Series) -> Path | None:
@@ -93,5 +101,5 @@ def gallery_for(ranked: pd.DataFrame, top: int, count: int = 8) -> Gallery | Non
         except ModelError:
             png = _samples_png(row)
             if png is not None:
-                gallery.add_samples_png(title, png)
+                gallery.add_samples_png(title, png, params_label(row))
     return gallery if gallery.rows else None

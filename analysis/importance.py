@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import optuna
 import pandas as pd
 
-from analysis.load import Sweep
+from analysis.load import EARLY_STOPPED, Sweep
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -58,11 +58,29 @@ def _param_value(value: object, dist: optuna.distributions.BaseDistribution) -> 
     return float(value)
 
 
-def build_study(sweep: Sweep, table: pd.DataFrame | None = None) -> optuna.Study:
-    """An in-memory study with one completed trial per finished trial of the sweep."""
-    table = sweep.table if table is None else table
+def common_epoch_rows(sweep: Sweep) -> tuple[pd.DataFrame, int | None]:
+    """Finished and early-stopped trials with their objectives at the last epoch all of them
+    reported: with ASHA most trials stop early, and their last values are not comparable with
+    those of trials that ran longer. (rows, that epoch); no rows when no curves are known."""
+    done = sweep.table[sweep.table["status"].isin(["TERMINATED", EARLY_STOPPED])
+                       & sweep.table["trial_id"].isin(sweep.curves)]
+    curves = [sweep.curves[t] for t in done["trial_id"]]
+    if done.empty or any("epoch" not in c for c in curves):
+        return done.iloc[0:0], None
+    epoch = int(min(c["epoch"].max() for c in curves))
+    rows = done.copy()
+    for metric in (o.metric for o in sweep.objectives):
+        at_epoch = [c.loc[c["epoch"] == epoch, metric] if metric in c else pd.Series(dtype=float) for c in curves]
+        rows[metric] = [float(v.iloc[-1]) if len(v) else float("nan") for v in at_epoch]
+    return rows, epoch
+
+
+def build_study(sweep: Sweep, rows: pd.DataFrame | None = None) -> optuna.Study:
+    """An in-memory study with one completed trial per row (default: the finished trials)."""
     metrics = [o.metric for o in sweep.objectives]
-    rows = table[(table["status"] == "TERMINATED") & table[metrics].notna().all(axis=1)]
+    if rows is None:
+        rows = sweep.table[sweep.table["status"] == "TERMINATED"]
+    rows = rows[rows[metrics].notna().all(axis=1)]
     rows = rows.sort_values("trial_id")  # the forest behind fANOVA depends on the order
     dists = distributions(sweep, rows)
     study = optuna.create_study(directions=["minimize" if o.mode == "min" else "maximize"

@@ -19,7 +19,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.gallery import gallery_for
-from analysis.importance import build_study, importance_summary, param_importances
+from analysis.importance import build_study, common_epoch_rows, importance_summary, param_importances
 from analysis.load import Sweep, SweepError
 from analysis.rank import cell, columns_shown, param_label, ranked
 from analysis.tracking import log_report, open_sweep
@@ -46,12 +46,14 @@ def table_html(sweep: Sweep, table: pd.DataFrame) -> str:
     return "\n".join(lines + ["</table>"])
 
 
-def make_figures(sweep: Sweep, table: pd.DataFrame, study, importances: pd.DataFrame,
+def make_figures(sweep: Sweep, table: pd.DataFrame, studies: tuple, importances: pd.DataFrame,
                  top: int, images: int) -> list[tuple[str, str, object]]:
-    """(file suffix, caption, figure) for every plot that has data to show."""
+    """(file suffix, caption, figure) for every plot that has data to show; `studies` holds the
+    finished trials (Pareto front) and the trials compared at a common epoch (the rest)."""
     ranks = dict(zip(table["trial_id"].astype(str), table["rank"]))
-    found = [("pareto", "Pareto front (labels: rank)", plots.pareto_plot(sweep, study, ranks))]
-    for objective, figure in zip(sweep.objectives, plots.param_plots(sweep, study)):
+    finished, compared = studies
+    found = [("pareto", "Pareto front of the finished trials (labels: rank)", plots.pareto_plot(sweep, finished, ranks))]
+    for objective, figure in zip(sweep.objectives, plots.param_plots(sweep, compared)):
         found.append((f"params-{objective.metric}", f"{objective.label} against each searched parameter", figure))
     found.append(("importance", "parameter importance (fANOVA)", plots.importance_plot(importances)))
     found.append(("curves", f"learning curves of the top {top} trials", plots.learning_curves(sweep, table, top)))
@@ -91,12 +93,16 @@ def write_report(sweep: Sweep, out: Path, top: int = 4, images: int = 8) -> list
     """Write the HTML and its PNGs; returns every file written (HTML first)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     table = ranked(sweep)
-    study = build_study(sweep, table)
-    importances = param_importances(sweep, study)
-    figures = make_figures(sweep, table, study, importances, top, images)
+    rows, epoch = common_epoch_rows(sweep)
+    finished = build_study(sweep, table[table["status"] == "TERMINATED"])
+    compared = build_study(sweep, rows) if epoch is not None else finished
+    importances = param_importances(sweep, compared)
+    figures = make_figures(sweep, table, (finished, compared), importances, top, images)
     pngs = [(caption, plots.save(figure, out.with_name(f"{out.stem}-{name}.png")))
             for name, caption, figure in figures]
-    out.write_text(render(sweep, table, pngs, importance_summary(importances)))
+    basis = (f"over {len(compared.trials)} finished and early-stopped trials at epoch {epoch}, the last "
+             "epoch all of them reported" if epoch is not None else f"over {len(compared.trials)} finished trials")
+    out.write_text(render(sweep, table, pngs, [f"fANOVA {basis}:"] + importance_summary(importances)))
     return [out] + [path for _, path in pngs]
 
 

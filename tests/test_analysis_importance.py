@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from analysis.importance import build_study, importance_summary, param_importances
+from analysis.importance import build_study, common_epoch_rows, importance_summary, param_importances
 from analysis.load import Sweep
 from analysis.pareto import Objective
 
@@ -43,3 +43,17 @@ def test_importance_finds_the_parameter_each_objective_depends_on():
 def test_too_few_trials_give_no_importance():
     sweep = hand_sweep(2)
     assert importance_summary(param_importances(sweep))[0].endswith("not enough finished trials")
+
+
+def test_early_stopped_trials_are_compared_at_the_last_common_epoch():
+    sweep = hand_sweep(4)
+    sweep.table.loc[3, "status"] = "EARLY_STOPPED"
+    sweep.curves = {t: pd.DataFrame({"epoch": [1, 2, 3, 4], "val_control_error": [9.0, i, 7.0, 6.0],
+                                     "val_realism_abhist": [9.0, 10 * i, 7.0, 6.0]})
+                    for i, t in enumerate(sweep.table["trial_id"])}
+    sweep.curves["t03"] = sweep.curves["t03"].head(2)
+    rows, epoch = common_epoch_rows(sweep)
+    assert epoch == 2 and list(rows["trial_id"]) == ["t01", "t02", "t03"]  # t00 failed
+    assert list(rows["val_control_error"]) == [1.0, 2.0, 3.0]
+    assert list(rows["val_realism_abhist"]) == [10.0, 20.0, 30.0]
+    assert len(build_study(sweep, rows).trials) == 3
