@@ -141,7 +141,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float) -> int:
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
               f"MLflow: mlflow ui --backend-store-uri {old.tracking_uri}")
         return 0
-    _quiet_environment(local=args.address is None or args.address.startswith(("127.", "localhost")))
+    _quiet_environment(local=args.address is None)
     from sweep.ray_adapter import ProgressCallback, TrackingCallback, build_searcher
     build_searcher(spec)  # sampler problems (cmaes without its package) before Ray starts
     cluster = _start_ray(args.address)
