@@ -90,9 +90,8 @@ class TrainConfig:
     precision: str = "auto"       # auto = bf16 on CUDA cards that have it, else fp32
     eval_batch_size: int = 500
     threads: int = 0              # torch CPU threads; 0 = leave torch's default
-    cuda_graph: str = "auto"      # capture the whole D+G step (CUDA only)
-    channels_last: str = "auto"
-    fused_adam: str = "auto"
+    cuda_graph: str = "auto"      # capture the whole D+G step in one CUDA graph; auto = off until measured
+    fused_adam: str = "auto"      # auto = on for CUDA
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def _validate(cfg: Config) -> None:
            f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     _check("train.precision", t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")
     _check("train.threads", t.threads >= 0, "must be >= 0")
-    for key in ("cuda_graph", "channels_last", "fused_adam"):
+    for key in ("cuda_graph", "fused_adam"):
         _check(f"train.{key}", getattr(t, key) in SWITCHES, f"must be one of {', '.join(SWITCHES)}")
 
 
@@ -170,6 +169,8 @@ def _coerce(key: str, value: object, kind: type) -> object:
     elif kind is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):        # YAML 1.1 reads on/off as booleans: the switches mean them
+            return "on" if value else "off"
     type_name = getattr(kind, "__name__", str(kind))
     raise ConfigError(f"{key}: expected {type_name}, got {type(value).__name__} {value!r}")
 

@@ -58,6 +58,10 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if self.device.type == "cpu":
+            # Near-gray pixels give denormal ab values; x86 arithmetic on denormals ran the naive CPU
+            # loop 6× slower here (bench/train_speed.py). Flushing them to zero changes nothing visible.
+            torch.set_flush_denormal(True)
         torch.manual_seed(cfg.train.seed)
         self.data = data if data is not None else load_data(cfg.data, self.device)
         self.generator, self.discriminator = (m.to(self.device) for m in build_models(cfg))
@@ -73,6 +77,7 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(cfg.train.seed)   # data order and flips
         self.epoch = 0
         self.step = 0
+        self._graphed: tuple | None = None     # (PackedTrainer of this trainer alone, graph cache)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -111,8 +116,21 @@ class Trainer:
         self.discriminator.requires_grad_(True)
         return {k: v.detach() for k, v in {**d_losses, **g_losses}.items()}
 
+    def _graphed_epoch(self) -> dict[str, float]:
+        """The epoch through the packed step (K = 1) replayed from one CUDA graph."""
+        from trainable.graphs import graphed_train_epoch       # packed imports this module
+        from trainable.packed import PackedTrainer
+        if self._graphed is None:
+            self._graphed = (PackedTrainer([self]), {})
+        pack, cache = self._graphed
+        means = graphed_train_epoch(pack, cache)[0]
+        pack.sync()
+        return means
+
     def train_epoch(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
         """One pass over the training images; returns the epoch's mean losses and the lr."""
+        if self.device.type == "cuda" and self.cfg.train.cuda_graph == "on":
+            return self._graphed_epoch()
         self.generator.train()
         self.discriminator.train()
         batches = batch_indices(len(self.data.train), self.cfg.train.batch_size, self.rng)
@@ -174,6 +192,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         check_resumable(state, self.cfg)
+        self._graphed = None                   # the packed copy would be stale
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])

@@ -112,8 +112,8 @@ class PackedTrainer:
         return vmap(call)(self.d_params, self.d_buffers, pairs)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                              enabled=self.autocast_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,   # no weight cache: graphs
+                              enabled=self.autocast_dtype is not None, cache_enabled=False)
 
     def lr_factors(self) -> torch.Tensor:
         return torch.tensor([t.schedule.factor(t.step) for t in self.trainers], device=self.device)
@@ -187,9 +187,10 @@ class PackedTrainer:
             for optimizer, stacked, module in ((trainer.opt_g, self.opt_g, trainer.generator),
                                                (trainer.opt_d, self.opt_d, trainer.discriminator)):
                 names = [n for n, _ in module.named_parameters()]
-                for param, state in zip(optimizer.param_groups[0]["params"], stacked.states(k, names)):
-                    optimizer.state[param] = state
                 lr = trainer.cfg.optim.lr_generator if optimizer is trainer.opt_g else trainer.cfg.optim.lr_discriminator
-                optimizer.param_groups[0]["lr"] = lr * trainer.schedule.factor(max(trainer.step - 1, 0))
+                saved = optimizer.state_dict()     # load_state_dict puts 'step' where fused Adam wants it
+                saved["state"] = dict(enumerate(stacked.states(k, names)))
+                saved["param_groups"][0]["lr"] = lr * trainer.schedule.factor(max(trainer.step - 1, 0))
+                optimizer.load_state_dict(saved)
         return self.trainers
 
