@@ -7,6 +7,13 @@ prints each run's achieved val_saturation and val_pixel_acc_5 next to the gray (
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a file, Python puts bench/ first on sys.path, where concurrent.py shadows the standard
+# library's `concurrent` (torch imports it): import from the project root instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import time
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file's name shadows the standard library's `concurrent` (which torch imports): look in the
-# standard library first and in this folder last.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+# Run as a file, Python puts bench/ first on sys.path, where concurrent.py shadows the standard
+# library's `concurrent` (torch imports it): import from the project root instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -25,7 +24,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from naive import naive_images_per_second, peak_memory_gb, synchronize  # noqa: E402
+from bench.naive import naive_images_per_second, peak_memory_gb, synchronize  # noqa: E402
 from trainable.config import load_config  # noqa: E402
 from trainable.data import ColorData, to_lab  # noqa: E402
 from trainable.datasets import make_synthetic  # noqa: E402

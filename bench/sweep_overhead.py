@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)     # not bench/, whose concurrent.py shadows the standard library's
 
 from sweep.spec import load_spec  # noqa: E402
 from trainable.engine import Trainer  # noqa: E402

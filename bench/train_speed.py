@@ -9,13 +9,20 @@ in fp32 and bf16.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a file, Python puts bench/ first on sys.path, where concurrent.py shadows the standard
+# library's `concurrent` (torch imports it): import from the project root instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import time
 
 import numpy as np
 import torch
 
-from naive import naive_images_per_second, peak_memory_gb, synchronize
+from bench.naive import naive_images_per_second, peak_memory_gb, synchronize
 from trainable.config import load_config
 from trainable.data import ColorData, to_lab
 from trainable.engine import Trainer
