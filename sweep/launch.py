@@ -87,7 +87,8 @@ def _start_ray(address: str | None) -> dict[str, float]:
         _auth_env_for_cluster()
     import ray
     try:
-        ray.init(address=address, include_dashboard=False if address is None else None,
+        # "local": never join a cluster an earlier `ray start` left in /tmp/ray/ray_current_cluster
+        ray.init(address=address or "local", include_dashboard=False if address is None else None,
                  log_to_driver=True, configure_logging=True, logging_level="warning")
     except Exception as err:  # auth errors and unreachable clusters arrive as assorted types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
