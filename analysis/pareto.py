@@ -1,6 +1,6 @@
 """Pareto layers and the one scalar rank of a sweep's trials.
 
-The rank, documented in docs/analysis.md and reproducible from the table alone:
+The rank, documented in the README ("Reading a sweep") and reproducible from the table alone:
 1. only trials that ran to the end (status TERMINATED with every report) are ranked;
 2. first by Pareto layer from non-dominated sorting over the objectives (layer 1 = the front);
 3. within a layer by the mean over objectives of the min–max normalized value, oriented so that

@@ -1,4 +1,4 @@
-"""Every `!python -m` line of docs/colab.md, run on the shared smoke sweep: `saturation` read as
+"""Every `!python -m` line of the README's "On Colab" section, run on the shared smoke sweep: `saturation` read as
 `smoke`, `$S` the folder that holds it. Only the install and the Drive mount are not run."""
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def colab_commands() -> list[str]:
-    text = (ROOT / "docs" / "colab.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    text = readme.split("\n## On Colab\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```\n(.*?)```", text, flags=re.S)
     return [line[1:] for block in blocks for line in block.splitlines() if line.startswith("!python -m ")]
 
