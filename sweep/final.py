@@ -54,7 +54,9 @@ def trial_config(sweep: Sweep, trial: pd.Series) -> Config:
 
 
 def final_config(base: Config, epochs: int | None, sets: Sequence[str]) -> Config:
-    longer = {"data.train_limit": 0, "train.epochs": epochs or EPOCH_FACTOR * base.train.epochs}
+    # the whole device: all the data, and torch's own thread count rather than the trial's CPU share
+    longer = {"data.train_limit": 0, "train.threads": 0,
+              "train.epochs": epochs or EPOCH_FACTOR * base.train.epochs}
     cfg = apply_overrides(base, longer)
     return apply_overrides(cfg, dict(parse_assignment(s) for s in sets))
 
