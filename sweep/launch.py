@@ -129,6 +129,15 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list):
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
+def _start_pack_server(spec: SweepSpec, cluster: dict):
+    """With `pack` > 1 one actor owns the GPU and trains the trials' models together."""
+    if spec.pack == 1:
+        return None
+    from sweep.pack_server import start_pack_server
+    print(f"packing: up to {spec.pack} trials step together in one process")
+    return start_pack_server(spec.name, spec.pack, spec.max_concurrent, cluster)
+
+
 def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
     from sweep.tracking import SweepTracker, open_sweep, resolve_tracking_uri
     uri = old.tracking_uri if old else resolve_tracking_uri(mlflow_uri)
@@ -153,11 +162,13 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float) -> int:
     sweep_state.write_state(sweep_dir, record)
     callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, PROGRESS_EVERY_S)]
     tuner = _tuner(spec, sweep_dir, cluster, callbacks)
+    pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
     remaining = None if spec.time_budget_s is None else spec.time_budget_s - (time.monotonic() - started)
     timer = None if remaining is None else BudgetTimer(remaining)
     grid = tuner.fit()
     if timer:
         timer.cancel()
+    del pack_server
     return _finish(spec, sweep_dir, grid, record, tracker, budget_hit=bool(timer and timer.fired.is_set()))
 
 

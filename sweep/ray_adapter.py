@@ -26,6 +26,7 @@ from sweep.spec import SweepSpec
 from trainable.config import flatten, to_dict
 
 SAMPLES, GENERATOR, REPORT, STATE = "samples.png", "generator.pt", "report.json", "latest.pt"
+PACKED_TRIAL_CPU = 0.05
 
 
 def _optuna_distribution(dist):
@@ -81,23 +82,51 @@ def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, flo
     return resources
 
 
-def _write_checkpoint(folder: Path, trainer, epoch: int) -> None:
+class _SavedTrainer:
+    """What `export_generator` reads from a trainer, taken from a state dict (a packed trial's
+    trainer lives in the pack server; its state comes here)."""
+
+    def __init__(self, state: dict):
+        from trainable.config import from_dict
+        self.cfg, self.epoch, self._weights = from_dict(state["config"]), state["epoch"], state["generator"]
+        self.generator = self
+
+    def state_dict(self) -> dict:
+        return self._weights
+
+
+def _write_checkpoint(folder: Path, state: dict, grid, exported) -> None:
     from PIL import Image
 
     from trainable.checkpoint import save_checkpoint
     from trainable.export import export_generator
-    save_checkpoint(folder, trainer.state_dict())
-    Image.fromarray(trainer.sample_grid(count=8)).save(folder / SAMPLES)
-    export_generator(trainer, folder / GENERATOR)
-    (folder / REPORT).write_text(json.dumps({"epoch": epoch}))
+    save_checkpoint(folder, state)
+    Image.fromarray(grid).save(folder / SAMPLES)
+    export_generator(exported, folder / GENERATOR)
+    (folder / REPORT).write_text(json.dumps({"epoch": state["epoch"]}))
 
 
-def _restore(trainer) -> None:
+def _report(metrics: dict, state: dict, grid, exported) -> None:
+    """Metrics plus a checkpoint folder (latest.pt, samples.png, generator.pt, report.json) to Tune."""
+    folder = Path(tempfile.mkdtemp(prefix="colorsweep-ckpt-"))
+    try:
+        _write_checkpoint(folder, state, grid, exported)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _restored_state() -> dict | None:
     from trainable.checkpoint import load_checkpoint
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(load_checkpoint(folder))
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(folder)
+
+
+def _next_report(epoch: int, epochs: int, every: int) -> int:
+    return min(epochs, (epoch // every + 1) * every)
 
 
 def train_trial(config: dict, spec: SweepSpec, threads: int) -> None:
@@ -111,23 +140,44 @@ def train_trial(config: dict, spec: SweepSpec, threads: int) -> None:
     if cfg.train.threads == 0:
         cfg = apply_overrides(cfg, {"train.threads": threads})
     trainer = Trainer(cfg)
-    _restore(trainer)
-    epochs, every = cfg.train.epochs, spec.report_every
-    while trainer.epoch < epochs:
-        next_report = min(epochs, (trainer.epoch // every + 1) * every)
+    state = _restored_state()
+    if state is not None:
+        trainer.load_state_dict(state)
+    while trainer.epoch < cfg.train.epochs:
+        next_report = _next_report(trainer.epoch, cfg.train.epochs, spec.report_every)
         while trainer.epoch < next_report:
             train_metrics = trainer.train_epoch()
         metrics = {"epoch": trainer.epoch, **train_metrics, **trainer.evaluate()}
-        folder = Path(tempfile.mkdtemp(prefix="colorsweep-ckpt-"))
-        try:
-            _write_checkpoint(folder, trainer, trainer.epoch)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        _report(metrics, trainer.state_dict(), trainer.sample_grid(count=8), trainer)
+
+
+def train_packed_trial(config: dict, spec: SweepSpec, server: str) -> None:
+    """`train_trial` for a packed sweep: the pack server (sweep/pack_server.py) trains this trial's
+    models together with other trials'; this process reports, checkpoints and is stopped as usual."""
+    import ray
+
+    cfg = spec.trial_config(config)
+    pack, trial_id = ray.get_actor(server), tune.get_context().get_trial_id()
+    alive_probe = ray.get_runtime_context().current_actor   # lets the server see that we died
+    epoch = ray.get(pack.join.remote(trial_id, to_dict(cfg), _restored_state(), alive_probe))
+    try:
+        while epoch < cfg.train.epochs:
+            next_report = _next_report(epoch, cfg.train.epochs, spec.report_every)
+            while epoch < next_report:
+                train_metrics = ray.get(pack.train_epoch.remote(trial_id))
+                epoch += 1
+            metrics, state, grid = ray.get(pack.report.remote(trial_id))
+            _report({"epoch": epoch, **train_metrics, **metrics}, state, grid, _SavedTrainer(state))
+    finally:
+        pack.leave.remote(trial_id)
 
 
 def trainable_for(spec: SweepSpec, cluster: dict[str, float]):
     resources = trial_resources(spec, cluster)
+    if spec.pack > 1:   # the pack server holds the GPU and does the work; a trial only reports
+        from sweep.pack_server import server_name
+        trial = tune.with_parameters(train_packed_trial, spec=spec, server=server_name(spec.name))
+        return tune.with_resources(trial, {"cpu": min(resources["cpu"], PACKED_TRIAL_CPU)})
     threads = max(1, math.floor(resources["cpu"]))
     return tune.with_resources(tune.with_parameters(train_trial, spec=spec, threads=threads), resources)
 

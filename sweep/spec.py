@@ -19,7 +19,7 @@ from sweep.space import (Distribution, SpecError, check_mapping, config_error_to
                          need, parse_space, probe_config)
 
 TOP_KEYS = ("name", "config", "overrides", "space", "objectives", "sampler", "scheduler",
-            "num_samples", "max_concurrent", "report_every", "time_budget")
+            "num_samples", "max_concurrent", "report_every", "time_budget", "pack")
 SAMPLERS = ("tpe", "nsga2", "cmaes", "random", "grid")
 SCHEDULERS = ("none", "asha")
 MODES = ("min", "max")
@@ -49,6 +49,7 @@ class SweepSpec:
     max_concurrent: int
     report_every: int
     time_budget_s: float | None
+    pack: int                               # trials stepped together on one device (1 = off)
 
     def trial_config(self, searched: Mapping[str, object]) -> Config:
         """The full config of one trial: the base config plus its searched values."""
@@ -74,6 +75,19 @@ def parse_duration(key: str, value: object) -> float | None:
     need(key, bool(match) and any(match.groups()), f"expected a duration like 11h30m, got {value!r}")
     hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
     return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def _pack(raw: object, space: Mapping[str, Distribution], max_concurrent: int) -> int:
+    """Packed trials share one model layout, batch and data: those keys cannot be searched."""
+    pack = _int("pack", 1 if raw is None else raw, 1)
+    need("pack", pack <= max_concurrent, f"must be <= max_concurrent ({max_concurrent}), got {pack}")
+    if pack > 1:
+        from trainable.packed import SHARED_KEYS   # imported late: packing pulls in torch
+        for key in space:
+            shared = [k for k in SHARED_KEYS if key == k or key.startswith(f"{k}.")]
+            need(f"space.{key}", not shared, f"cannot be searched with pack > 1 (trials in one pack "
+                 f"share {', '.join(SHARED_KEYS)}); search it with pack: 1")
+    return pack
 
 
 def _objectives(raw: object, cfg: Config) -> tuple[Objective, ...]:
@@ -168,12 +182,14 @@ def parse_spec(raw: Mapping, sets: Sequence[str] = ()) -> SweepSpec:
     scheduler, grace_period = _scheduler(raw.get("scheduler"))
     num_samples = _int("num_samples", raw.get("num_samples", 10), 1)
     default_concurrent = min(MAX_CONCURRENT_DEFAULT, num_samples)
+    max_concurrent = _int("max_concurrent", raw.get("max_concurrent", default_concurrent), 1)
     return SweepSpec(
         name=name, config=config, space=space, objectives=objectives, sampler=sampler, seed=seed,
         scheduler=scheduler, grace_period=grace_period, num_samples=num_samples,
-        max_concurrent=_int("max_concurrent", raw.get("max_concurrent", default_concurrent), 1),
+        max_concurrent=max_concurrent,
         report_every=_int("report_every", raw.get("report_every", 1), 1),
         time_budget_s=parse_duration("time_budget", raw.get("time_budget")),
+        pack=_pack(raw.get("pack"), space, max_concurrent),
     )
 
 
@@ -187,7 +203,9 @@ def load_spec(path: str | Path, sets: Sequence[str] = ()) -> SweepSpec:
 
 
 def resolved(spec: SweepSpec) -> dict:
-    """The spec as plain data with every default filled in (saved next to the sweep)."""
+    """The spec as plain data with every default filled in (saved next to the sweep). `pack` is
+    written only when on, so sweeps saved before packing existed still match and resume."""
+    packing = {"pack": spec.pack} if spec.pack > 1 else {}
     return {
         "name": spec.name,
         "config": to_dict(spec.config),
@@ -199,6 +217,7 @@ def resolved(spec: SweepSpec) -> dict:
         "max_concurrent": spec.max_concurrent,
         "report_every": spec.report_every,
         "time_budget": spec.time_budget_s,
+        **packing,
     }
 
 

@@ -43,7 +43,7 @@ def start_launch(tmp_path: Path, *extra: str) -> subprocess.Popen:
 
 
 def trial_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p for p in sweep_dir.glob("train_trial_*") if p.is_dir())
+    return sorted(p for p in sweep_dir.glob("train_*trial_*") if p.is_dir())   # train_packed_trial_* too
 
 
 def trial_statuses(sweep_dir: Path) -> dict[str, str]:

@@ -1,0 +1,167 @@
+"""The pack server: one Ray actor per packed sweep that owns the GPU and trains its trials' models
+together (`trainable.packed.PackedTrainer`), while each trial stays its own Tune trial.
+
+Processes on one GPU time-slice it (without MPS they do not overlap); one process that steps K
+trials' stacked models under `vmap` does. A packed trial (`sweep.ray_adapter.train_packed_trial`)
+joins with its config and checkpoint state, asks for one epoch at a time, and asks for a report
+(metrics, the full trainer state, the sample grid) whenever it reports to Tune; it writes its own
+checkpoint folder and is stopped by ASHA like any other trial. The data is loaded once per distinct
+data config and shared. Which trials step together and when is `sweep.pack_scheduler`; this file
+is the asynchronous shell around it: epochs run in a worker thread so the actor keeps answering.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import ray
+
+from sweep.pack_scheduler import Group, PackScheduler
+
+GATHER_S = 1.0        # a round waits this long after the last ask before checking on late trials
+MAX_WAIT_S = 10.0     # … and at most this long after the first ask before it starts without them
+STALE_S = 300.0       # a trial not heard from for this long is dropped (its trainer freed)
+TICK_S = 0.05
+
+
+def server_name(sweep_name: str) -> str:
+    return f"colorsweep-pack-{sweep_name}"
+
+
+def _to_cpu(value):
+    """A state dict with every tensor on the CPU, for transport to the trial's process."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value
+
+
+def _report(trainer) -> tuple[dict, dict, object]:
+    return trainer.evaluate(), _to_cpu(trainer.state_dict()), trainer.sample_grid(count=8)
+
+
+def _train_group(group: Group) -> list[dict]:
+    """One epoch of a pack (replaying a CUDA graph when a trial asks for it), written back."""
+    pack = group.pack
+    if pack.device.type == "cuda" and any(t.cfg.train.cuda_graph == "on" for t in pack.trainers):
+        from trainable.graphs import graphed_train_epoch
+        results = graphed_train_epoch(pack, group.cache)
+    else:
+        results = pack.train_epoch()
+    pack.sync()
+    return results
+
+
+async def _answers(ref) -> None:
+    await ref
+
+
+class PackServer:
+    def __init__(self, pack: int):
+        self.scheduler = PackScheduler(pack, MAX_WAIT_S, STALE_S)
+        self.datasets: dict[str, object] = {}
+        self.setup_lock = threading.Lock()       # Trainer() seeds torch's global RNG
+        self.answers: dict[str, asyncio.Future] = {}
+        self.rounds: asyncio.Task | None = None
+        self.last_probe = 0.0
+
+    async def ping(self) -> bool:
+        return True
+
+    def _build(self, config: dict, state: dict | None):
+        from trainable.config import from_dict, to_dict
+        from trainable.data import load_data
+        from trainable.engine import Trainer, resolve_device
+        cfg = from_dict(config)
+        device = resolve_device(cfg.train.device)
+        key = repr((sorted(to_dict(cfg)["data"].items()), str(device)))
+        with self.setup_lock:
+            if key not in self.datasets:
+                self.datasets[key] = load_data(cfg.data, device)
+            trainer = Trainer(cfg, self.datasets[key])
+            if state is not None:
+                trainer.load_state_dict(state)
+        return trainer
+
+    async def join(self, trial_id: str, config: dict, state: dict | None, probe=None) -> int:
+        """Add a trial (replacing an earlier join of the same id); → the epoch it starts from."""
+        trainer = await asyncio.to_thread(self._build, config, state)
+        self._forget(trial_id)
+        self.scheduler.join(trial_id, trainer, probe)
+        return trainer.epoch
+
+    async def train_epoch(self, trial_id: str) -> dict:
+        """One epoch of this trial, stepped with the other trials of its round; → its losses."""
+        self.scheduler.ask(trial_id)
+        future = asyncio.get_running_loop().create_future()
+        self.answers[trial_id] = future
+        if self.rounds is None or self.rounds.done():
+            self.rounds = asyncio.create_task(self._run_rounds())
+        return await future
+
+    async def report(self, trial_id: str) -> tuple[dict, dict, object]:
+        """(validation metrics, full trainer state on the CPU, sample grid) of this trial."""
+        trainer = self.scheduler.member(trial_id).trainer
+        return await asyncio.to_thread(_report, trainer)
+
+    async def leave(self, trial_id: str) -> None:
+        self._forget(trial_id)
+
+    def _forget(self, trial_id: str) -> None:
+        self.scheduler.leave(trial_id)
+        future = self.answers.pop(trial_id, None)
+        if future is not None and not future.done():
+            future.set_exception(RuntimeError(f"trial {trial_id} left or rejoined the pack"))
+
+    async def _run_rounds(self) -> None:
+        while self.scheduler.waiting:
+            self.scheduler.drop_stale()
+            if not self.scheduler.ready():
+                await self._drop_dead()
+                await asyncio.sleep(TICK_S)
+                continue
+            for group in self.scheduler.take_groups():
+                answers = {t: self.answers.pop(t) for t in group.trial_ids if t in self.answers}
+                try:
+                    results = await asyncio.to_thread(_train_group, group)
+                except Exception as err:   # the pack's state is unknown now: its trials rejoin
+                    for trial_id in group.trial_ids:
+                        self.scheduler.leave(trial_id)
+                    results = [err] * len(group.trial_ids)
+                for trial_id, result in zip(group.trial_ids, results):
+                    future = answers.get(trial_id)
+                    if future is not None and not future.done():
+                        (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
+
+    async def _drop_dead(self) -> None:
+        """Trials ASHA stopped die without leaving: ask the late ones' processes if they are alive
+        (a live trial is busy in Tune's train() and does not answer within GATHER_S)."""
+        now = time.monotonic()
+        if now - self.last_probe < GATHER_S or now - max(self.scheduler.waiting.values()) < GATHER_S:
+            return
+        self.last_probe = now
+        for trial_id in self.scheduler.missing():
+            probe = self.scheduler.members[trial_id].probe
+            if probe is None:
+                continue
+            try:
+                await asyncio.wait_for(_answers(probe.__ray_ready__.remote()), timeout=GATHER_S)
+            except ray.exceptions.RayActorError:
+                self._forget(trial_id)
+            except asyncio.TimeoutError:
+                pass
+
+
+def start_pack_server(sweep_name: str, pack: int, max_concurrent: int, cluster: dict[str, float]):
+    """The sweep's pack server (holding a whole GPU when there is one); keep the handle for as long
+    as the sweep runs: the actor lives while a handle does."""
+    options = {"name": server_name(sweep_name), "get_if_exists": True, "num_cpus": 0,
+               "num_gpus": 1 if cluster.get("GPU", 0) > 0 else 0, "max_concurrency": max_concurrent + 4}
+    server = ray.remote(PackServer).options(**options).remote(pack)
+    ray.get(server.ping.remote())
+    return server
