@@ -138,6 +138,16 @@ def _start_pack_server(spec: SweepSpec, cluster: dict):
     return start_pack_server(spec.name, spec.pack, spec.max_concurrent, cluster)
 
 
+def _show_packing(server) -> None:
+    if server is None:
+        return
+    import ray
+    packed_steps, trial_epochs = ray.get(server.stats.remote())
+    if packed_steps:
+        print(f"packing: {trial_epochs} trial epochs in {packed_steps} packed epochs "
+              f"(mean pack {trial_epochs / packed_steps:.1f})")
+
+
 def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
     from sweep.tracking import SweepTracker, open_sweep, resolve_tracking_uri
     uri = old.tracking_uri if old else resolve_tracking_uri(mlflow_uri)
@@ -168,7 +178,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float) -> int:
     grid = tuner.fit()
     if timer:
         timer.cancel()
-    del pack_server
+    _show_packing(pack_server)
     return _finish(spec, sweep_dir, grid, record, tracker, budget_hit=bool(timer and timer.fired.is_set()))
 
 

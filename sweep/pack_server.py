@@ -69,9 +69,14 @@ class PackServer:
         self.answers: dict[str, asyncio.Future] = {}
         self.rounds: asyncio.Task | None = None
         self.last_probe = 0.0
+        self.packed_steps = self.trial_epochs = 0
 
     async def ping(self) -> bool:
         return True
+
+    async def stats(self) -> tuple[int, int]:
+        """(packed epochs run, trial epochs they trained): their ratio is the mean pack size."""
+        return self.packed_steps, self.trial_epochs
 
     def _build(self, config: dict, state: dict | None):
         from trainable.config import from_dict, to_dict
@@ -129,6 +134,7 @@ class PackServer:
                 answers = {t: self.answers.pop(t) for t in group.trial_ids if t in self.answers}
                 try:
                     results = await asyncio.to_thread(_train_group, group)
+                    self.packed_steps, self.trial_epochs = self.packed_steps + 1, self.trial_epochs + len(results)
                 except Exception as err:   # the pack's state is unknown now: its trials rejoin
                     for trial_id in group.trial_ids:
                         self.scheduler.leave(trial_id)

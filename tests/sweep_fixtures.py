@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -47,8 +49,9 @@ def trial_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def trial_statuses(sweep_dir: Path) -> dict[str, str]:
-    """trial_id → status from Tune's newest experiment state file."""
-    newest = max(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    """trial_id → status from Tune's newest experiment state file (by the time in its name: a
+    restore can touch the older files after the new one is written)."""
+    newest = max(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
     state = json.loads(newest.read_text())
     statuses = {}
     for trial_json, _runtime in state["trial_data"]:
@@ -72,3 +75,46 @@ def trial_runs(tmp_path: Path, name: str = "smoke") -> list:
 def epoch_steps(tmp_path: Path, run_id: str, metric: str = "val_control_error") -> list[int]:
     client = MlflowClient(tracking_uri(tmp_path))
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+def assert_complete(tmp_path: Path, epochs: int) -> None:
+    """Every trial TERMINATED; exactly num_samples MLflow trial runs, one value per step."""
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    statuses = trial_statuses(sweep_dir)
+    assert len(statuses) == 4 and set(statuses.values()) == {"TERMINATED"}, statuses
+    runs = trial_runs(tmp_path)
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(statuses)
+    for run in runs:
+        assert epoch_steps(tmp_path, run.info.run_id) == list(range(1, epochs + 1))
+        assert run.info.status == "FINISHED"
+
+
+def sigkill_then_resume(tmp_path: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
+    """SIGKILL the launcher's whole process group after the first checkpoint, run the same command
+    (trials of `epochs` epochs) again, and check that it completes and that trials continued from
+    their checkpoints."""
+    extra = ("--set", f"train.epochs={epochs}", *extra)
+    process = start_launch(tmp_path, *extra)
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    deadline = time.monotonic() + 180
+    while not any(list(d.glob("checkpoint_*")) for d in trial_dirs(sweep_dir)) and time.monotonic() < deadline:
+        assert process.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
+        time.sleep(0.5)
+    time.sleep(2)  # let Tune record the checkpoint in its experiment state
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
+    assert any(before.values()), "no trial reported before the kill"
+    assert not all(len(its) == epochs for its in before.values()), "sweep finished before the kill"
+    done = run_launch(tmp_path, *extra)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming smoke" in done.stdout
+    assert_complete(tmp_path, epochs=epochs)
+    resumed = [d for d in trial_dirs(sweep_dir) if before.get(d.name)]
+    assert resumed
+    for trial_dir in resumed:
+        after = iterations(trial_dir)[len(before[trial_dir.name]):]
+        if after:  # continued from its checkpoint: the count did not start again at 1
+            assert after[0] > 1, (trial_dir.name, before[trial_dir.name], after)
+            assert after[-1] == epochs
+    return done

@@ -2,8 +2,6 @@
 dir. Each test runs `python -m sweep.launch` as a user would, in a subprocess."""
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
@@ -11,22 +9,8 @@ import pytest
 from sweep import state as sweep_state
 from sweep.launch import main
 from sweep.spec import load_spec, resolved
-from tests.sweep_fixtures import (SMOKE, epoch_steps, iterations, run_launch, start_launch, trial_dirs,
-                                  trial_runs, trial_statuses)
-
-LONGER = ("--set", "train.epochs=5")  # five reports a trial: time to kill or stop a sweep midway
-
-
-def assert_complete(tmp_path, epochs: int) -> None:
-    """Every trial TERMINATED; exactly num_samples MLflow trial runs, one value per step."""
-    sweep_dir = tmp_path / "sweeps" / "smoke"
-    statuses = trial_statuses(sweep_dir)
-    assert len(statuses) == 4 and set(statuses.values()) == {"TERMINATED"}, statuses
-    runs = trial_runs(tmp_path)
-    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(statuses)
-    for run in runs:
-        assert epoch_steps(tmp_path, run.info.run_id) == list(range(1, epochs + 1))
-        assert run.info.status == "FINISHED"
+from tests.sweep_fixtures import (SMOKE, assert_complete, run_launch, sigkill_then_resume, trial_dirs,
+                                  trial_runs)
 
 
 @pytest.mark.integration
@@ -53,29 +37,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
 
 @pytest.mark.integration
 def test_sigkill_then_same_command_resumes(tmp_path):
-    process = start_launch(tmp_path, *LONGER)
-    sweep_dir = tmp_path / "sweeps" / "smoke"
-    deadline = time.monotonic() + 180
-    while not list(sweep_dir.glob("train_trial_*/checkpoint_*")) and time.monotonic() < deadline:
-        assert process.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
-        time.sleep(0.5)
-    time.sleep(2)  # let Tune record the checkpoint in its experiment state
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
-    assert any(before.values()), "no trial reported before the kill"
-    assert not all(len(its) == 5 for its in before.values()), "sweep finished before the kill"
-    done = run_launch(tmp_path, *LONGER)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "resuming smoke" in done.stdout
-    assert_complete(tmp_path, epochs=5)
-    resumed = [d for d in trial_dirs(sweep_dir) if before.get(d.name)]
-    assert resumed
-    for trial_dir in resumed:
-        after = iterations(trial_dir)[len(before[trial_dir.name]):]
-        if after:  # continued from its checkpoint: the count did not start again at 1
-            assert after[0] > 1, (trial_dir.name, before[trial_dir.name], after)
-            assert after[-1] == 5
+    sigkill_then_resume(tmp_path, 5)
 
 
 @pytest.mark.integration
