@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from trainable.data import ColorData, batch_indices, load_data, random_flip
+from trainable.data import ColorData, apply_flip, epoch_plan, load_data
 from trainable.engine import Trainer
 from trainable.packed import PackedTrainer
 
@@ -49,19 +49,19 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def _step_both(plain, pack, steps):
     """`steps` steps of each plain trainer and of the pack, on the same batches; per-step losses."""
     data = pack.data
-    orders_plain = [batch_indices(len(data.train), 8, t.rng) for t in plain]
-    orders_pack = [batch_indices(len(data.train), 8, t.rng) for t in pack.trainers]
+    plans = [epoch_plan(len(data.train), 8, t.rng, t.cfg.data.flip) for t in plain]
+    order, flips = pack.plan_epoch()
+    lr_table = pack.lr_factors(steps)
     history = []
     for i in range(steps):
         plain_losses = []
-        for trainer, order in zip(plain, orders_plain):
+        for trainer, (trial_order, trial_flips) in zip(plain, plans):
             trainer._set_lr()
-            plain_losses.append(trainer.train_step(random_flip(data.train[order[i]], trainer.rng)))
+            plain_losses.append(trainer.train_step(apply_flip(data.train[trial_order[i]], trial_flips[i])))
             trainer.step += 1
-        packed_losses = pack.step(pack.next_batch([order[i] for order in orders_pack]), pack.lr_factors())
-        for trainer in pack.trainers:
-            trainer.step += 1
-        history.append((plain_losses, packed_losses))
+        history.append((plain_losses, pack.step(pack.next_batch(order[i], flips[i]), lr_table[i])))
+    for trainer in pack.trainers:
+        trainer.step += steps
     pack.sync()
     return history
 

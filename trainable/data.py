@@ -114,12 +114,23 @@ def batch_indices(count: int, batch_size: int, generator: torch.Generator) -> li
     return list(order[:full].split(batch_size))
 
 
-def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip a random half (in expectation) of the (N, C, H, W) batch horizontally with one mask.
+def epoch_plan(count: int, batch_size: int, generator: torch.Generator,
+               flip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A whole epoch drawn at once on the CPU: (batches, B) indices and, with flip, a (batches, B)
+    flip mask. The trainer moves both to the device once per epoch, not once per step: a small
+    host-to-device copy inside the step would make the host wait for the GPU every step."""
+    order = torch.stack(batch_indices(count, batch_size, generator))
+    flips = torch.rand(order.shape, generator=generator) < 0.5 if flip else None
+    return order, flips
 
-    The mask is drawn on the CPU from generator (so the stream is device-independent) and moved to
-    the batch's device.
-    """
+
+def apply_flip(batch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip the (N, C, H, W) batch's items where the (N,) mask is true, in one op."""
+    return torch.where(mask.view(-1, 1, 1, 1), batch.flip(-1), batch)
+
+
+def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip a random half (in expectation) of the batch horizontally with one mask drawn on the CPU
+    from generator (so the stream is device-independent)."""
     mask = torch.rand(len(batch), generator=generator) < 0.5
-    mask = mask.to(batch.device).view(-1, 1, 1, 1)
-    return torch.where(mask, batch.flip(-1), batch)
+    return apply_flip(batch, mask.to(batch.device))

@@ -12,7 +12,7 @@ import torch
 
 from trainable.color import lab_normalized_to_rgb
 from trainable.config import Config, flatten, from_dict, to_dict
-from trainable.data import ColorData, batch_indices, load_data, random_flip
+from trainable.data import ColorData, apply_flip, epoch_plan, load_data
 from trainable.losses import discriminator_loss, generator_loss
 from trainable.metrics import MetricAccumulator, metric_names as _metric_names
 from trainable.models import build_models
@@ -133,20 +133,22 @@ class Trainer:
             return self._graphed_epoch()
         self.generator.train()
         self.discriminator.train()
-        batches = batch_indices(len(self.data.train), self.cfg.train.batch_size, self.rng)
+        order, flips = epoch_plan(len(self.data.train), self.cfg.train.batch_size, self.rng, self.cfg.data.flip)
+        order = order.to(self.device)
+        flips = flips.to(self.device) if flips is not None else None
         sums: dict[str, torch.Tensor] = {}
-        for i, index in enumerate(batches):
-            batch = self.data.train[index.to(self.device)]
-            if self.cfg.data.flip:
-                batch = random_flip(batch, self.rng)
+        for i in range(len(order)):
+            batch = self.data.train[order[i]]
+            if flips is not None:
+                batch = apply_flip(batch, flips[i])
             self._set_lr()
             for key, value in self.train_step(batch).items():
                 sums[key] = sums[key] + value if key in sums else value
             self.step += 1
             if progress is not None:
-                progress(i + 1, len(batches))
+                progress(i + 1, len(order))
         self.epoch += 1
-        means = {key: float(value) / len(batches) for key, value in sums.items()}
+        means = {key: float(value) / len(order) for key, value in sums.items()}
         self.schedule.end_epoch(means["loss_l1"])
         means["lr_generator"] = self.opt_g.param_groups[0]["lr"]
         return means

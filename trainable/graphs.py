@@ -34,7 +34,7 @@ class GraphedStep:
             raise ValueError("train.cuda_graph: CUDA graphs need a CUDA device")
         self.pack = pack
         self.static_batch = batch.clone()
-        self.static_lr = pack.lr_factors().clone()
+        self.static_lr = pack.lr_factors()[0].clone()
         snapshot = [t.detach().clone() for t in _state_tensors(pack)]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -21,7 +21,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from trainable.color import lab_normalized_to_rgb
 from trainable.config import flatten, to_dict
-from trainable.data import batch_indices, random_flip
+from trainable.data import apply_flip, epoch_plan
 from trainable.engine import Trainer, full_precision
 from trainable.losses import discriminator_loss, generator_loss
 
@@ -115,8 +115,10 @@ class PackedTrainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,   # no weight cache: graphs
                               enabled=self.autocast_dtype is not None, cache_enabled=False)
 
-    def lr_factors(self) -> torch.Tensor:
-        return torch.tensor([t.schedule.factor(t.step) for t in self.trainers], device=self.device)
+    def lr_factors(self, steps: int = 1) -> torch.Tensor:
+        """(steps, K) lr multipliers for the next `steps` steps, built on the host and copied once."""
+        table = [[t.schedule.factor(t.step + i) for t in self.trainers] for i in range(steps)]
+        return torch.tensor(table, device=self.device)
 
     def step(self, batch: torch.Tensor, lr_factor: torch.Tensor) -> dict[str, torch.Tensor]:
         """One D then G update of every trial; batch is (K, B, 3, H, W). Returns (K,) losses."""
@@ -147,26 +149,35 @@ class PackedTrainer:
         missing = torch.full((), float("nan"), device=self.device)
         return {key: torch.stack([m[key] if key in m else missing for m in merged]).detach() for key in keys}
 
-    def next_batch(self, index: list[torch.Tensor]) -> torch.Tensor:
-        """Each trial's own batch (its indices, its flips from its own generator), stacked."""
-        parts = []
-        for trainer, trial_index in zip(self.trainers, index):
-            part = self.data.train[trial_index.to(self.device)]
-            parts.append(random_flip(part, trainer.rng) if trainer.cfg.data.flip else part)
-        return torch.stack(parts)
+    def plan_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every trial's epoch (its order, its flips, from its own generator) on the device at once:
+        (steps, K, B) indices and flip mask (all False where a trial does not flip)."""
+        count = len(self.data.train)
+        orders, flips = [], []
+        for trainer in self.trainers:
+            order, flip = epoch_plan(count, trainer.cfg.train.batch_size, trainer.rng, trainer.cfg.data.flip)
+            orders.append(order)
+            flips.append(flip if flip is not None else torch.zeros_like(order, dtype=torch.bool))
+        return torch.stack(orders, 1).to(self.device), torch.stack(flips, 1).to(self.device)
+
+    def next_batch(self, order: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """(K, B) indices and flips of one step → the (K, B, 3, H, W) batch."""
+        batch = self.data.train[order.flatten()]
+        batch = apply_flip(batch, flips.flatten())
+        return batch.view(*order.shape, *batch.shape[1:])
 
     def train_epoch(self, step_fn=None) -> list[dict[str, float]]:
         """One epoch of every trial; returns each trial's mean losses (as Trainer.train_epoch)."""
         step_fn = step_fn or self.step
-        orders = [batch_indices(len(self.data.train), t.cfg.train.batch_size, t.rng) for t in self.trainers]
+        order, flips = self.plan_epoch()
+        lr_table = self.lr_factors(len(order))
         sums: dict[str, torch.Tensor] = {}
-        for i in range(len(orders[0])):
-            batch = self.next_batch([order[i] for order in orders])
-            for key, value in step_fn(batch, self.lr_factors()).items():
+        for i in range(len(order)):
+            for key, value in step_fn(self.next_batch(order[i], flips[i]), lr_table[i]).items():
                 sums[key] = sums[key] + value if key in sums else value
-            for trainer in self.trainers:
-                trainer.step += 1
-        host = {key: (value / len(orders[0])).tolist() for key, value in sums.items()}
+        for trainer in self.trainers:
+            trainer.step += len(order)
+        host = {key: (value / len(order)).tolist() for key, value in sums.items()}
         results = []
         for k, trainer in enumerate(self.trainers):
             trainer.epoch += 1
