@@ -5,7 +5,8 @@ A trial builds its full config from the spec plus its searched values, restores 
 `tune.get_checkpoint()` when Tune hands it one, and reports metrics with a checkpoint every
 `report_every` epochs. The checkpoint folder holds `latest.pt` (the trainer state; state["config"]
 is the trial's full config), `samples.png` (the sample grid), `generator.pt` (the exported
-generator) and `report.json` ({"epoch": N}).
+generator) and `report.json` ({"epoch": N}). With `pack` > 1 the trial's models live in the pack
+server (sweep/pack_server.py) and `train_packed_trial` asks it for epochs and reports instead.
 """
 from __future__ import annotations
 

@@ -3,15 +3,17 @@ together by the pack server are still separate trials, runs, checkpoints and res
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import yaml
 
+from conftest import tiny_config
 from sweep.launch import main
 from tests.sweep_fixtures import (SMOKE, assert_complete, run_launch, sigkill_then_resume, trial_dirs,
                                   trial_runs)
 from trainable.checkpoint import load_checkpoint
-from trainable.config import from_dict
+from trainable.config import from_dict, to_dict
 from trainable.engine import Trainer
 
 PACK = ("--set", "pack=2")
@@ -56,3 +58,34 @@ def test_pack_with_a_searched_shared_key_is_refused(tmp_path, capsys):
 def test_packed_sweep_resumes_after_sigkill(tmp_path):
     # Packed smoke epochs take a fraction of a second: more of them leave time to kill midway.
     sigkill_then_resume(tmp_path, 12, *PACK)
+
+
+@pytest.mark.integration
+def test_pack_server_waits_for_a_late_trial_but_not_for_a_dead_one():
+    import ray
+
+    from sweep.pack_server import MAX_WAIT_S, start_pack_server
+
+    @ray.remote(num_cpus=0)
+    class BusyTrial:            # a live Tune trial: its actor is busy in train() and answers nothing
+        def train(self):
+            time.sleep(120)
+
+    ray.init(address="local", include_dashboard=False, logging_level="warning")
+    try:
+        server = start_pack_server("probe", 2, 2, {})
+        config = to_dict(tiny_config("data.synthetic_size=64", "model.width=0.0625"))
+        trials = {name: BusyTrial.remote() for name in "ab"}
+        for name, trial in trials.items():
+            trial.train.remote()
+            assert ray.get(server.join.remote(name, config, None, trial)) == 0
+        started = time.monotonic()
+        ray.get(server.train_epoch.remote("a"))
+        assert time.monotonic() - started >= MAX_WAIT_S     # b is alive: the round waited for it
+        ray.kill(trials["b"])                               # as when Tune stops b
+        started = time.monotonic()
+        ray.get(server.train_epoch.remote("a"))
+        assert time.monotonic() - started < MAX_WAIT_S / 2  # b is dead: dropped, not waited for
+        assert ray.get(server.stats.remote()) == (2, 2)
+    finally:
+        ray.shutdown()
