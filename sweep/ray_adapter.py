@@ -144,10 +144,14 @@ def train_trial(config: dict, spec: SweepSpec, threads: int) -> None:
     state = _restored_state()
     if state is not None:
         trainer.load_state_dict(state)
-    while trainer.epoch < cfg.train.epochs:
+    train_metrics, reported = {}, False
+    # A trial restored at its last epoch still reports once: Tune marks a trial done only on a
+    # report, and one that returns silently after a restore is left unfinished.
+    while trainer.epoch < cfg.train.epochs or not reported:
         next_report = _next_report(trainer.epoch, cfg.train.epochs, spec.report_every)
         while trainer.epoch < next_report:
             train_metrics = trainer.train_epoch()
+        reported = True
         metrics = {"epoch": trainer.epoch, **train_metrics, **trainer.evaluate()}
         _report(metrics, trainer.state_dict(), trainer.sample_grid(count=8), trainer)
 
@@ -162,11 +166,13 @@ def train_packed_trial(config: dict, spec: SweepSpec, server: str) -> None:
     alive_probe = ray.get_runtime_context().current_actor   # lets the server see that we died
     epoch = ray.get(pack.join.remote(trial_id, to_dict(cfg), _restored_state(), alive_probe))
     try:
-        while epoch < cfg.train.epochs:
+        train_metrics, reported = {}, False
+        while epoch < cfg.train.epochs or not reported:      # see train_trial
             next_report = _next_report(epoch, cfg.train.epochs, spec.report_every)
             while epoch < next_report:
                 train_metrics = ray.get(pack.train_epoch.remote(trial_id))
                 epoch += 1
+            reported = True
             metrics, state, grid = ray.get(pack.report.remote(trial_id))
             _report({"epoch": epoch, **train_metrics, **metrics}, state, grid, _SavedTrainer(state))
     finally:

@@ -37,13 +37,15 @@ def test_smoke_sweep_end_to_end(tmp_path):
 
 @pytest.mark.integration
 def test_sigkill_then_same_command_resumes(tmp_path):
-    sigkill_then_resume(tmp_path, 5)
+    # epochs of a second or two, so the kill lands mid-sweep
+    sigkill_then_resume(tmp_path, 8, "--set", "data.synthetic_size=1200")
 
 
 @pytest.mark.integration
 def test_time_budget_stops_and_same_command_completes(tmp_path):
-    # Ray's start, the trials' start and a restore take ~15 s here: 40 s leaves room to progress.
-    command = ("--set", "train.epochs=8", "--set", "time_budget=40s")
+    # Ray's start, the trials' start and a restore take ~15 s here: 40 s leaves room to progress,
+    # and 30 epochs of 1,200 images are more than one budget can hold.
+    command = ("--set", "train.epochs=30", "--set", "data.synthetic_size=1200", "--set", "time_budget=40s")
     first = run_launch(tmp_path, *command)
     assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-3000:]
     assert "time budget reached" in first.stdout
@@ -54,7 +56,7 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
         if later.returncode == 0:
             break
     assert later.returncode == 0 and "sweep finished: 4 trials" in later.stdout
-    assert_complete(tmp_path, epochs=8)
+    assert_complete(tmp_path, epochs=30)
 
 
 def test_changed_spec_is_refused_before_ray(tmp_path, capsys):

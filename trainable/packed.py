@@ -93,8 +93,9 @@ class PackedTrainer:
         self.trainers = trainers
         lead = trainers[0]
         self.device, self.data, self.autocast_dtype = lead.device, lead.data, lead.autocast_dtype
-        self.g_base = copy.deepcopy(lead.generator).to("meta")
-        self.d_base = copy.deepcopy(lead.discriminator).to("meta")
+        # train mode whatever the lead was left in (evaluate() leaves it in eval mode)
+        self.g_base = copy.deepcopy(lead.generator).to("meta").train()
+        self.d_base = copy.deepcopy(lead.discriminator).to("meta").train()
         self.g_params, self.g_buffers = stack_module_state([t.generator for t in trainers])
         self.d_params, self.d_buffers = stack_module_state([t.discriminator for t in trainers])
         betas = torch.tensor([[t.cfg.optim.beta1, t.cfg.optim.beta2] for t in trainers], device=self.device)
