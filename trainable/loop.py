@@ -62,8 +62,8 @@ def run_training(cfg: Config, directory: str | Path, progress: bool = True,
                  trainer: Trainer | None = None) -> Trainer:
     """Train `cfg` in `directory` up to cfg.train.epochs, resuming from what is there."""
     directory = Path(directory)
+    trainer = trainer or Trainer(cfg)         # bad data fails here, before any folder is made
     directory.mkdir(parents=True, exist_ok=True)
-    trainer = trainer or Trainer(cfg)
     resume(trainer, directory)
     write_text_atomic(directory / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if trainer.epoch >= cfg.train.epochs:
