@@ -107,7 +107,7 @@ class Trainer:
         with self._autocast():
             fake_logits = self.discriminator(torch.cat([gray, fake_ab], 1))
         fake_ab = full_precision(fake_ab)
-        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 1))
+        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 1)) if self.cfg.loss.controlled() else None
         g_losses = generator_loss(full_precision(fake_logits), fake_ab, real_ab, fake_rgb, self.cfg.loss)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_losses["loss_g"]).backward()

@@ -44,13 +44,15 @@ def control_loss(fake_rgb: torch.Tensor, controls: Mapping[str, ControlConfig]) 
 
 
 def generator_loss(fake_logits: torch.Tensor, fake_ab: torch.Tensor, real_ab: torch.Tensor,
-                   fake_rgb: torch.Tensor, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
+                   fake_rgb: torch.Tensor | None, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Non-saturating adversarial BCE + l1_weight·mean|fake_ab − real_ab| + the control terms.
 
-    fake_ab and real_ab are normalized ab; fake_rgb is the generated Lab image converted to RGB.
+    fake_ab and real_ab are normalized ab; fake_rgb is the generated Lab image converted to RGB,
+    which only the control terms need (None is accepted when nothing is controlled).
     """
     adversarial = _bce_to(fake_logits, 1.0)
     l1 = (fake_ab - real_ab).abs().mean()
-    controls = control_loss(fake_rgb, loss_cfg.controlled())
+    controlled = loss_cfg.controlled()
+    controls = control_loss(fake_rgb, controlled) if controlled else {"loss_control": l1.new_zeros(())}
     total = adversarial + loss_cfg.l1_weight * l1 + controls["loss_control"]
     return {"loss_g": total, "loss_g_adv": adversarial, "loss_l1": l1, **controls}

@@ -138,8 +138,10 @@ class PackedTrainer:
         with self._autocast():
             fake_logits = self._d(torch.cat([gray, fake_ab], 2))
         fake_ab = full_precision(fake_ab)
-        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 2).flatten(0, 1))
-        fake_rgb = fake_rgb.view(fake_ab.shape[0], -1, *fake_rgb.shape[1:])
+        fake_rgb = [None] * len(self.trainers)              # only control terms need RGB
+        if any(t.cfg.loss.controlled() for t in self.trainers):
+            rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 2).flatten(0, 1))
+            fake_rgb = rgb.view(fake_ab.shape[0], -1, *rgb.shape[1:])
         g_losses = [generator_loss(full_precision(fake_logits[k]), fake_ab[k], real_ab[k], fake_rgb[k],
                                    t.cfg.loss) for k, t in enumerate(self.trainers)]
         loss_g = torch.stack([g["loss_g"] for g in g_losses])
