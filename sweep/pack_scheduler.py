@@ -29,10 +29,7 @@ def shared_signature(trainer) -> Hashable:
 
 def build_pack(trainers: list) -> object:
     from trainable.packed import PackedTrainer
-    for trainer in trainers:   # the pack copies each module's mode; evaluate() left them in eval
-        trainer.generator.train()
-        trainer.discriminator.train()
-    return PackedTrainer(trainers)
+    return PackedTrainer(trainers)       # it trains in train mode whatever mode evaluate() left
 
 
 @dataclass
