@@ -13,7 +13,7 @@ TRIALS = [("optim.beta2=0.99", "optim.lr_generator=3e-4", "train.seed=4"),
           ("optim.beta1=0.9", "optim.schedule=exponential", "optim.lr_decay_steps=7", "train.seed=2"),
           ("loss.saturation.weight=20", "loss.saturation.target=0.9", "loss.hue.weight=5",
            "loss.hue.target=0.6", "loss.real_label=1.0", "optim.lr_discriminator=1e-4", "train.seed=3")]
-COMMON = ("data.synthetic_size=240", "train.batch_size=8")
+COMMON = ("data.synthetic_size=240", "train.batch_size=8", "train.precision=fp32")  # bf16 at the end
 # A vmapped conv rounds differently from a plain one (~1e-7 in fp32). The step is only piecewise
 # smooth (L1 sign, ReLU/LeakyReLU, the gamut clamp, HSV max/min), and once fp32 rounding carries an
 # element across a kink the two runs part ways as two GAN runs do: seen here after 4-12 steps for
@@ -152,3 +152,4 @@ def test_trials_that_differ_in_architecture_are_refused():
     _, data = _trainers(trials=[()])
     with pytest.raises(ValueError, match="model.width"):
         PackedTrainer([Trainer(tiny_config(*COMMON), data), Trainer(tiny_config(*COMMON, "model.width=0.25"), data)])
+

@@ -87,11 +87,12 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 100
     device: str = "auto"          # auto = cuda when available, else cpu
-    precision: str = "auto"       # auto = bf16 on CUDA cards that have it, else fp32
+    precision: str = "auto"       # auto = bf16 where measured faster (see engine.resolve_precision)
     eval_batch_size: int = 500
     threads: int = 0              # torch CPU threads; 0 = leave torch's default
     cuda_graph: str = "auto"      # capture the whole D+G step in one CUDA graph; auto = off until measured
     fused_adam: str = "auto"      # auto = on for CUDA
+    channels_last: str = "auto"   # NHWC convolutions; auto = on for the CPU (measured), off on CUDA
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def _validate(cfg: Config) -> None:
            f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     _check("train.precision", t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")
     _check("train.threads", t.threads >= 0, "must be >= 0")
-    for key in ("cuda_graph", "fused_adam"):
+    for key in ("cuda_graph", "fused_adam", "channels_last"):
         _check(f"train.{key}", getattr(t, key) in SWITCHES, f"must be one of {', '.join(SWITCHES)}")
 
 

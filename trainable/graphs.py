@@ -3,8 +3,8 @@
 At batch 128 the eager step is launch-bound (about 9,000 img/s fp32 on an H200 against a compute
 limit near 269,000): one graph replay issues every kernel of both updates at once. Requirements the
 packed step already meets: static shapes (the last partial batch is dropped), no host sync inside
-the step, Adam written with device tensors (lr, betas and step live on the device), and autocast
-without its weight cache. Batches and lr factors are copied into static tensors before each replay.
+the step, Adam written with device tensors (lr, betas and step live on the device), and half
+precision as explicit casts (no autocast weight cache). Batches and lr factors are copied into static tensors before each replay.
 
 Warm-up runs a few real steps on a side stream (as the CUDA-graph docs ask) on a snapshot of the
 state, which is put back afterwards, so capturing does not advance training.

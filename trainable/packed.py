@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from trainable.color import lab_normalized_to_rgb
@@ -25,7 +26,8 @@ from trainable.data import apply_flip, epoch_plan
 from trainable.engine import Trainer, full_precision
 from trainable.losses import discriminator_loss, generator_loss
 
-SHARED_KEYS = ("data", "model.width", "train.batch_size", "train.device", "train.precision")
+SHARED_KEYS = ("data", "model.width", "train.batch_size", "train.device", "train.precision",
+               "train.channels_last")
 ADAM_EPS = 1e-8
 
 
@@ -87,15 +89,42 @@ def check_packable(trainers: list[Trainer]) -> None:
             raise ValueError("data: trials in one pack must train on the same images")
 
 
+class _Fp32BatchNorm(nn.BatchNorm2d):
+    """BatchNorm computed in fp32 on a half-precision input (vmap's batch_norm rule wants one dtype)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def _functional_base(module: nn.Module, half: bool) -> tuple[nn.Module, set[str]]:
+    """A weightless train-mode copy to call with stacked weights, and its BatchNorm parameter names.
+    With `half`, its BatchNorms cast to fp32 and back: every other parameter is cast to half."""
+    base = copy.deepcopy(module).to("meta").train()
+    norms = set()
+    for name, layer in base.named_modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.__class__ = _Fp32BatchNorm if half else nn.BatchNorm2d
+            norms.update(f"{name}.{p}" for p, _ in layer.named_parameters())
+    return base, norms
+
+
 class PackedTrainer:
+    """K trainers stepped as one. Half precision is explicit casts, not autocast: under vmap,
+    autocast leaves convolutions in fp32 (seen on the CPU; pytorch/functorch#305)."""
+
     def __init__(self, trainers: list[Trainer]):
         check_packable(trainers)
         self.trainers = trainers
         lead = trainers[0]
         self.device, self.data, self.autocast_dtype = lead.device, lead.data, lead.autocast_dtype
+        self.memory_format = lead.memory_format
+        if self.autocast_dtype == torch.float16:
+            raise ValueError("train.precision: fp16 needs a loss scaler, which packed and graphed steps "
+                             "do not have; use bf16 or fp32")
+        half = self.autocast_dtype is not None
         # train mode whatever the lead was left in (evaluate() leaves it in eval mode)
-        self.g_base = copy.deepcopy(lead.generator).to("meta").train()
-        self.d_base = copy.deepcopy(lead.discriminator).to("meta").train()
+        self.g_base, self.g_norms = _functional_base(lead.generator, half)
+        self.d_base, self.d_norms = _functional_base(lead.discriminator, half)
         self.g_params, self.g_buffers = stack_module_state([t.generator for t in trainers])
         self.d_params, self.d_buffers = stack_module_state([t.discriminator for t in trainers])
         betas = torch.tensor([[t.cfg.optim.beta1, t.cfg.optim.beta2] for t in trainers], device=self.device)
@@ -104,17 +133,18 @@ class PackedTrainer:
         self.base_lr_g = torch.tensor([t.cfg.optim.lr_generator for t in trainers], device=self.device)
         self.base_lr_d = torch.tensor([t.cfg.optim.lr_discriminator for t in trainers], device=self.device)
 
+    def _call(self, base, params, buffers, norms, x: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is not None:
+            params = {n: p if n in norms else p.to(self.autocast_dtype) for n, p in params.items()}
+            x = x.to(self.autocast_dtype)
+        call = lambda p, b, x: functional_call(base, (p, b), (x,))  # noqa: E731
+        return vmap(call)(params, buffers, x)
+
     def _g(self, gray: torch.Tensor) -> torch.Tensor:
-        call = lambda p, b, x: functional_call(self.g_base, (p, b), (x,))  # noqa: E731
-        return vmap(call)(self.g_params, self.g_buffers, gray)
+        return self._call(self.g_base, self.g_params, self.g_buffers, self.g_norms, gray)
 
     def _d(self, pairs: torch.Tensor) -> torch.Tensor:
-        call = lambda p, b, x: functional_call(self.d_base, (p, b), (x,))  # noqa: E731
-        return vmap(call)(self.d_params, self.d_buffers, pairs)
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype,   # no weight cache: graphs
-                              enabled=self.autocast_dtype is not None, cache_enabled=False)
+        return self._call(self.d_base, self.d_params, self.d_buffers, self.d_norms, pairs)
 
     def lr_factors(self, steps: int = 1) -> torch.Tensor:
         """(steps, K) lr multipliers for the next `steps` steps, built on the host and copied once."""
@@ -124,10 +154,9 @@ class PackedTrainer:
     def step(self, batch: torch.Tensor, lr_factor: torch.Tensor) -> dict[str, torch.Tensor]:
         """One D then G update of every trial; batch is (K, B, 3, H, W). Returns (K,) losses."""
         gray, real_ab = batch[:, :, :1], batch[:, :, 1:]
-        with self._autocast():
-            fake_ab = self._g(gray)
-            real_logits = self._d(torch.cat([gray, real_ab], 2))
-            fake_logits = self._d(torch.cat([gray, fake_ab.detach()], 2))
+        fake_ab = self._g(gray)
+        real_logits = self._d(torch.cat([gray, real_ab], 2))
+        fake_logits = self._d(torch.cat([gray, fake_ab.detach().to(gray.dtype)], 2))
         d_losses = [discriminator_loss(full_precision(real_logits[k]), full_precision(fake_logits[k]),
                                        t.cfg.loss.real_label)
                     for k, t in enumerate(self.trainers)]
@@ -135,9 +164,8 @@ class PackedTrainer:
         d_grads = torch.autograd.grad(loss_d.sum(), list(self.d_params.values()))
         self.opt_d.update(dict(zip(self.d_params, d_grads)), self.base_lr_d * lr_factor)
 
-        with self._autocast():
-            fake_logits = self._d(torch.cat([gray, fake_ab], 2))
         fake_ab = full_precision(fake_ab)
+        fake_logits = self._d(torch.cat([gray, fake_ab], 2))
         fake_rgb = [None] * len(self.trainers)              # only control terms need RGB
         if any(t.cfg.loss.controlled() for t in self.trainers):
             rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 2).flatten(0, 1))
@@ -166,7 +194,7 @@ class PackedTrainer:
     def next_batch(self, order: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """(K, B) indices and flips of one step → the (K, B, 3, H, W) batch."""
         batch = self.data.train[order.flatten()]
-        batch = apply_flip(batch, flips.flatten())
+        batch = apply_flip(batch, flips.flatten()).contiguous(memory_format=self.memory_format)
         return batch.view(*order.shape, *batch.shape[1:])
 
     def train_epoch(self, step_fn=None) -> list[dict[str, float]]:
