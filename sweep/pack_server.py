@@ -69,6 +69,7 @@ class PackServer:
         self.answers: dict[str, asyncio.Future] = {}
         self.rounds: asyncio.Task | None = None
         self.last_probe = 0.0
+        self.probes: dict[str, asyncio.Future] = {}     # trial id → its pending liveness probe
         self.packed_steps = self.trial_epochs = 0
 
     async def ping(self) -> bool:
@@ -117,13 +118,21 @@ class PackServer:
     async def leave(self, trial_id: str) -> None:
         self._forget(trial_id)
 
-    def _forget(self, trial_id: str) -> None:
+    def _forget(self, trial_id: str, why: Exception | None = None) -> None:
         self.scheduler.leave(trial_id)
         future = self.answers.pop(trial_id, None)
         if future is not None and not future.done():
-            future.set_exception(RuntimeError(f"trial {trial_id} left or rejoined the pack"))
+            future.set_exception(why or RuntimeError(f"trial {trial_id} left or rejoined the pack"))
 
     async def _run_rounds(self) -> None:
+        try:
+            await self._rounds()
+        except Exception as err:       # never leave a trial waiting on an answer that cannot come
+            for trial_id in list(self.answers):
+                self._forget(trial_id, err)
+            raise
+
+    async def _rounds(self) -> None:
         while self.scheduler.waiting:
             self.scheduler.drop_stale()
             if not self.scheduler.ready():
@@ -146,21 +155,21 @@ class PackServer:
 
     async def _drop_dead(self) -> None:
         """Trials ASHA stopped die without leaving: ask the late ones' processes if they are alive
-        (a live trial is busy in Tune's train() and does not answer within GATHER_S)."""
+        (a live trial is busy in Tune's train() and does not answer yet). The probes are polled,
+        never awaited: a round must not wait on a process that may never answer."""
         now = time.monotonic()
         if now - self.last_probe < GATHER_S or now - max(self.scheduler.waiting.values()) < GATHER_S:
             return
         self.last_probe = now
         for trial_id in self.scheduler.missing():
             probe = self.scheduler.members[trial_id].probe
-            if probe is None:
-                continue
-            try:
-                await asyncio.wait_for(_answers(probe.__ray_ready__.remote()), timeout=GATHER_S)
-            except ray.exceptions.RayActorError:
-                self._forget(trial_id)
-            except asyncio.TimeoutError:
-                pass
+            if probe is not None and trial_id not in self.probes:
+                self.probes[trial_id] = asyncio.ensure_future(_answers(probe.__ray_ready__.remote()))
+        for trial_id, answer in list(self.probes.items()):
+            if answer.done():
+                del self.probes[trial_id]
+                if isinstance(answer.exception(), ray.exceptions.RayActorError):
+                    self._forget(trial_id)
 
 
 def start_pack_server(sweep_name: str, pack: int, max_concurrent: int, cluster: dict[str, float]):

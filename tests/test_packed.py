@@ -153,3 +153,13 @@ def test_trials_that_differ_in_architecture_are_refused():
     with pytest.raises(ValueError, match="model.width"):
         PackedTrainer([Trainer(tiny_config(*COMMON), data), Trainer(tiny_config(*COMMON, "model.width=0.25"), data)])
 
+
+def test_trials_just_evaluated_pack_with_trials_just_joined():
+    """A pack server packs a trial that has reported (evaluate() left it in eval mode) with one that
+    has just joined: the pack must form and train them in train mode."""
+    (reported, joined), _ = _trainers(trials=TRIALS[:2])
+    reported.evaluate()
+    assert not reported.generator.training and joined.generator.training
+    pack = PackedTrainer([reported, joined])
+    pack.train_epoch()
+    assert pack.g_base.training and pack.d_base.training

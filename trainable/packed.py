@@ -125,6 +125,9 @@ class PackedTrainer:
         # train mode whatever the lead was left in (evaluate() leaves it in eval mode)
         self.g_base, self.g_norms = _functional_base(lead.generator, half)
         self.d_base, self.d_norms = _functional_base(lead.discriminator, half)
+        for trainer in trainers:     # stack_module_state wants one mode; evaluate() leaves eval mode
+            trainer.generator.train()
+            trainer.discriminator.train()
         self.g_params, self.g_buffers = stack_module_state([t.generator for t in trainers])
         self.d_params, self.d_buffers = stack_module_state([t.discriminator for t in trainers])
         betas = torch.tensor([[t.cfg.optim.beta1, t.cfg.optim.beta2] for t in trainers], device=self.device)
