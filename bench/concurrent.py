@@ -19,12 +19,13 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench.naive import naive_images_per_second, peak_memory_gb, synchronize  # noqa: E402
+from bench.naive import naive_images_per_second, peak_memory_gb, peak_text, synchronize  # noqa: E402
 from trainable.config import load_config  # noqa: E402
 from trainable.data import ColorData, to_lab  # noqa: E402
 from trainable.datasets import make_synthetic  # noqa: E402
@@ -44,12 +45,16 @@ def one_naive(args) -> None:
     device = torch.device(args.device)
     if device.type == "cpu":      # as our trainer does: the CPU ratio then measures packing alone
         torch.set_flush_denormal(True)
+        # the cores shared out, as Ray does for CPU trials (OMP_NUM_THREADS): N processes with every
+        # core each spin against each other and swing between 60 and 530 img/s here
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.trials))
     speed = naive_images_per_second(load_config(None, base_overrides(args, args.trial)), images, args.steps, device)
     print(json.dumps({"img_s": speed, "peak_gb": peak_memory_gb(device)}))
 
 
 def naive_processes(args) -> list[dict]:
-    cmd = [sys.executable, str(Path(__file__)), "--child", "--device", args.device, "--width", str(args.width),
+    cmd = [sys.executable, str(Path(__file__)), "--child", "--trials", str(args.trials),
+           "--device", args.device, "--width", str(args.width),
            "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
     children = [subprocess.Popen(cmd + ["--trial", str(i)], stdout=subprocess.PIPE, text=True)
                 for i in range(args.trials)]
@@ -61,7 +66,7 @@ def packed(args) -> tuple[float, float]:
     images = make_synthetic(args.batch_size * args.steps + 64, 32, 0)
     lab = to_lab(images, device)
     data = ColorData(train=lab[: args.batch_size * args.steps], val=lab[-64:])
-    precision = "bf16" if device.type == "cuda" and args.bf16 else "fp32"
+    precision = "bf16" if args.bf16 else "fp32"
     trainers = [Trainer(load_config(None, base_overrides(args, i) + [f"train.precision={precision}"]), data)
                 for i in range(args.trials)]
     pack, cache = PackedTrainer(trainers), {}
@@ -85,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--graph", action="store_true", help="capture the packed step in a CUDA graph")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the packed trials (CUDA)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 for the packed trials")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trial", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -96,10 +101,10 @@ def main() -> None:
     naive = naive_processes(args)
     naive_total = sum(r["img_s"] for r in naive)
     print(f"{'naive: N processes':30s} {naive_total:10.0f} img/s total  1.00×  "
-          f"peak/trial {max(r['peak_gb'] for r in naive):.2f} GB  (each {[round(r['img_s']) for r in naive]})")
+          f"{peak_text(max(r['peak_gb'] for r in naive), 'peak/trial')}  (each {[round(r['img_s']) for r in naive]})")
     total, per_trial_gb = packed(args)
     label = "ours: packed" + (" + graph" if args.graph else "") + (" bf16" if args.bf16 else "")
-    print(f"{label:30s} {total:10.0f} img/s total  {total / naive_total:.2f}×  peak/trial {per_trial_gb:.2f} GB")
+    print(f"{label:30s} {total:10.0f} img/s total  {total / naive_total:.2f}×{peak_text(per_trial_gb, 'peak/trial')}")
 
 
 if __name__ == "__main__":

@@ -58,3 +58,8 @@ def naive_images_per_second(cfg: Config, images: np.ndarray, steps: int, device:
 
 def peak_memory_gb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def peak_text(gb: float, label: str = "peak") -> str:
+    """'peak 1.23 GB', or nothing where it was not measured (the CPU)."""
+    return "" if gb != gb else f"  {label} {gb:.2f} GB"

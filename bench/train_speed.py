@@ -4,8 +4,8 @@
     python bench/train_speed.py --device cuda --width 1 --batch-size 128 --steps 200
 
 Prints img/s of each, the ratio and (CUDA) peak memory and the card's name. On CUDA "ours" is timed
-plain (fused Adam, data resident, no per-step sync) and, with --graph, captured in one CUDA graph,
-in fp32 and bf16.
+plain (fused Adam, data resident, no per-step sync) in fp32 and bf16, NCHW and channels_last, and
+(CUDA, --graph) captured in one CUDA graph; last, with every switch left at `auto`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from bench.naive import naive_images_per_second, peak_memory_gb, synchronize
+from bench.naive import naive_images_per_second, peak_memory_gb, peak_text, synchronize
 from trainable.config import load_config
 from trainable.data import ColorData, to_lab
 from trainable.engine import Trainer
@@ -62,20 +62,26 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; width {args.width}, batch {args.batch_size}, {args.steps} timed steps")
     naive = naive_images_per_second(load_config(None, base), images, args.steps, device)
-    print(f"{'naive eager fp32':28s} {naive:10.0f} img/s  1.00×  peak {peak_memory_gb(device):.2f} GB")
+    print(f"{'naive eager fp32':28s} {naive:10.0f} img/s  1.00×{peak_text(peak_memory_gb(device))}")
     if device.type == "cpu":
         torch.set_flush_denormal(True)                 # what our trainer does on the CPU
         flushed = naive_images_per_second(load_config(None, base), images, args.steps, device)
         print(f"{'naive, denormals flushed':28s} {flushed:10.0f} img/s  {flushed / naive:.2f}×")
-    variants = [("ours fp32", ["train.precision=fp32", "train.cuda_graph=off"])]
-    if device.type == "cuda":
-        variants.append(("ours bf16", ["train.precision=bf16", "train.cuda_graph=off"]))
-        if args.graph:
-            variants += [("ours graph fp32", ["train.precision=fp32", "train.cuda_graph=on"]),
-                         ("ours graph bf16", ["train.precision=bf16", "train.cuda_graph=on"])]
+    plain = ["train.cuda_graph=off"]
+    variants = [("ours fp32", plain + ["train.precision=fp32", "train.channels_last=off"]),
+                ("ours fp32 channels_last", plain + ["train.precision=fp32", "train.channels_last=on"]),
+                ("ours bf16", plain + ["train.precision=bf16", "train.channels_last=off"]),
+                ("ours bf16 channels_last", plain + ["train.precision=bf16", "train.channels_last=on"])]
+    if device.type == "cuda" and args.graph:
+        graph = ["train.cuda_graph=on", "train.channels_last=off"]
+        variants += [("ours graph fp32", graph + ["train.precision=fp32"]),
+                     ("ours graph bf16", graph + ["train.precision=bf16"]),
+                     ("ours graph bf16 chan_last", ["train.cuda_graph=on", "train.precision=bf16",
+                                                    "train.channels_last=on"])]
+    variants.append(("ours, defaults (auto)", []))
     for label, extra in variants:
         speed = ours_images_per_second(base + extra, images, args.steps, device)
-        print(f"{label:28s} {speed:10.0f} img/s  {speed / naive:.2f}×  peak {peak_memory_gb(device):.2f} GB")
+        print(f"{label:28s} {speed:10.0f} img/s  {speed / naive:.2f}×{peak_text(peak_memory_gb(device))}")
 
 
 if __name__ == "__main__":
