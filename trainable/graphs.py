@@ -26,6 +26,16 @@ def _state_tensors(pack: PackedTrainer) -> list[torch.Tensor]:
     return tensors
 
 
+def warm_up(pack: PackedTrainer, batch: torch.Tensor, lr_factor: torch.Tensor, steps: int = WARMUP_STEPS) -> None:
+    """Run `steps` real steps (capture needs them first), then put every state tensor back."""
+    snapshot = [t.detach().clone() for t in _state_tensors(pack)]
+    for _ in range(steps):
+        pack.step(batch, lr_factor)
+    with torch.no_grad():
+        for tensor, saved in zip(_state_tensors(pack), snapshot):
+            tensor.copy_(saved)
+
+
 class GraphedStep:
     """Callable with PackedTrainer.step's signature that replays a captured graph."""
 
@@ -35,16 +45,11 @@ class GraphedStep:
         self.pack = pack
         self.static_batch = batch.clone()
         self.static_lr = pack.lr_factors()[0].clone()
-        snapshot = [t.detach().clone() for t in _state_tensors(pack)]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                pack.step(self.static_batch, self.static_lr)
+            warm_up(pack, self.static_batch, self.static_lr)
         torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for tensor, saved in zip(_state_tensors(pack), snapshot):
-                tensor.copy_(saved)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.static_losses = pack.step(self.static_batch, self.static_lr)
