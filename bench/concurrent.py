@@ -46,7 +46,7 @@ def one_naive(args) -> None:
     if device.type == "cpu":      # as our trainer does: the CPU ratio then measures packing alone
         torch.set_flush_denormal(True)
         # the cores shared out, as Ray does for CPU trials (OMP_NUM_THREADS): N processes with every
-        # core each spin against each other and swing between 60 and 530 img/s here
+        # core each spin against each other and swing between 20 and 530 img/s here
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.trials))
     speed = naive_images_per_second(load_config(None, base_overrides(args, args.trial)), images, args.steps, device)
     print(json.dumps({"img_s": speed, "peak_gb": peak_memory_gb(device)}))
