@@ -27,7 +27,7 @@ import torch
 from trainable.color import lab_normalized_to_rgb
 from trainable.config import load_config
 from trainable.data import load_data
-from trainable.engine import Trainer, resolve_device
+from trainable.engine import Trainer, resolve_device, resolve_memory_format
 from trainable.metrics import MetricAccumulator
 
 
@@ -47,7 +47,8 @@ def main() -> None:
     base = ["data.dataset=cifar10", f"data.path={args.data}", "data.train_limit=3000", "data.val_limit=500",
             "model.width=0.25", "train.batch_size=64", f"train.epochs={args.epochs}"]
     cfg = load_config(None, base + args.overrides)
-    data = load_data(cfg.data, resolve_device(cfg.train.device))
+    device = resolve_device(cfg.train.device)
+    data = load_data(cfg.data, device, resolve_memory_format(cfg, device))
     print(f"data: {len(data.train)} train / {len(data.val)} val images")
     gray = gray_baseline(data.val)
     print(f"gray baseline: val_saturation={gray['val_saturation']:.3f} val_pixel_acc_2={gray['val_pixel_acc_2']:.3f} "

@@ -82,13 +82,14 @@ class PackServer:
     def _build(self, config: dict, state: dict | None):
         from trainable.config import from_dict, to_dict
         from trainable.data import load_data
-        from trainable.engine import Trainer, resolve_device
+        from trainable.engine import Trainer, resolve_device, resolve_memory_format
         cfg = from_dict(config)
         device = resolve_device(cfg.train.device)
-        key = repr((sorted(to_dict(cfg)["data"].items()), str(device)))
+        memory_format = resolve_memory_format(cfg, device)
+        key = repr((sorted(to_dict(cfg)["data"].items()), str(device), str(memory_format)))
         with self.setup_lock:
             if key not in self.datasets:
-                self.datasets[key] = load_data(cfg.data, device)
+                self.datasets[key] = load_data(cfg.data, device, memory_format)
             trainer = Trainer(cfg, self.datasets[key])
             if state is not None:
                 trainer.load_state_dict(state)

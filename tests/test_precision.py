@@ -107,6 +107,8 @@ def test_channels_last_changes_the_layout_not_the_training():
     nhwc = Trainer(tiny_config("train.precision=fp32", "train.channels_last=on"), data)
     nchw = Trainer(tiny_config("train.precision=fp32", "train.channels_last=off"), data)
     assert nhwc.generator.encoder[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    own = Trainer(tiny_config("train.channels_last=on")).data.train     # loaded in the layout once,
+    assert own.is_contiguous(memory_format=torch.channels_last)          # so batches need no copy
     a, b = _plain_curve(nhwc, 3), _plain_curve(nchw, 3)
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     resumed = Trainer(tiny_config("train.precision=fp32", "train.channels_last=off"), data)

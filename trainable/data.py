@@ -77,15 +77,17 @@ def _where(cfg: DataConfig) -> str:
     return cfg.path or f"data.dataset={cfg.dataset}"
 
 
-def load_data(cfg: DataConfig, device: torch.device | str) -> ColorData:
-    """Train and validation images as normalized Lab on device.
+def load_data(cfg: DataConfig, device: torch.device | str,
+              memory_format: torch.memory_format = torch.contiguous_format) -> ColorData:
+    """Train and validation images as normalized Lab on device, in memory_format (batches gathered
+    from them keep it, so the step never converts).
 
     Gray images (mean chroma < GRAY_CHROMA) are dropped first; then a permutation seeded by
     cfg.split_seed sends cfg.val_fraction of the rest to validation, so every trial with the same
     split_seed sees the same validation images; then train_limit / val_limit (0 = all) cut each
     part. cifar10's test split is never used here (see load_test_split).
     """
-    lab = _colored_lab(load_raw(cfg, "train"), device, _where(cfg))
+    lab = _colored_lab(load_raw(cfg, "train"), device, _where(cfg)).contiguous(memory_format=memory_format)
     train_indices, val_indices = split_indices(len(lab), cfg.val_fraction, cfg.split_seed)
     return ColorData(train=_take(lab, train_indices, cfg.train_limit),
                      val=_take(lab, val_indices, cfg.val_limit))

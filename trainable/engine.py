@@ -81,8 +81,8 @@ class Trainer:
             # loop 6× slower here (bench/train_speed.py). Flushing them to zero changes nothing visible.
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.train.seed)
-        self.data = data if data is not None else load_data(cfg.data, self.device)
         self.memory_format = resolve_memory_format(cfg, self.device)
+        self.data = data if data is not None else load_data(cfg.data, self.device, self.memory_format)
         self.generator, self.discriminator = (m.to(self.device, memory_format=self.memory_format)
                                               for m in build_models(cfg))
         fused = cfg.train.fused_adam == "on" or (cfg.train.fused_adam == "auto" and self.device.type == "cuda")
@@ -112,7 +112,7 @@ class Trainer:
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One D update then one G update on a normalized-Lab batch; returns detached losses."""
-        batch = batch.contiguous(memory_format=self.memory_format)
+        batch = batch.contiguous(memory_format=self.memory_format)   # no copy for load_data's batches
         gray, real_ab = batch[:, :1], batch[:, 1:]
         with self._autocast():
             fake_ab = self.generator(gray)

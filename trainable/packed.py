@@ -103,7 +103,8 @@ def _functional_base(module: nn.Module, half: bool) -> tuple[nn.Module, set[str]
     norms = set()
     for name, layer in base.named_modules():
         if isinstance(layer, nn.BatchNorm2d):
-            layer.__class__ = _Fp32BatchNorm if half else nn.BatchNorm2d
+            if half:
+                layer.__class__ = _Fp32BatchNorm
             norms.update(f"{name}.{p}" for p, _ in layer.named_parameters())
     return base, norms
 
@@ -136,18 +137,24 @@ class PackedTrainer:
         self.base_lr_g = torch.tensor([t.cfg.optim.lr_generator for t in trainers], device=self.device)
         self.base_lr_d = torch.tensor([t.cfg.optim.lr_discriminator for t in trainers], device=self.device)
 
-    def _call(self, base, params, buffers, norms, x: torch.Tensor) -> torch.Tensor:
+    def _lowered(self, params: dict[str, torch.Tensor], norms: set[str]) -> dict[str, torch.Tensor]:
+        """The weights as the forward pass uses them: half precision except BatchNorm's."""
+        if self.autocast_dtype is None:
+            return params
+        return {n: p if n in norms else p.to(self.autocast_dtype) for n, p in params.items()}
+
+    def _call(self, base, params, buffers, x: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is not None:
-            params = {n: p if n in norms else p.to(self.autocast_dtype) for n, p in params.items()}
             x = x.to(self.autocast_dtype)
         call = lambda p, b, x: functional_call(base, (p, b), (x,))  # noqa: E731
         return vmap(call)(params, buffers, x)
 
     def _g(self, gray: torch.Tensor) -> torch.Tensor:
-        return self._call(self.g_base, self.g_params, self.g_buffers, self.g_norms, gray)
+        return self._call(self.g_base, self._lowered(self.g_params, self.g_norms), self.g_buffers, gray)
 
-    def _d(self, pairs: torch.Tensor) -> torch.Tensor:
-        return self._call(self.d_base, self.d_params, self.d_buffers, self.d_norms, pairs)
+    def _d(self, pairs: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        params = params if params is not None else self._lowered(self.d_params, self.d_norms)
+        return self._call(self.d_base, params, self.d_buffers, pairs)
 
     def lr_factors(self, steps: int = 1) -> torch.Tensor:
         """(steps, K) lr multipliers for the next `steps` steps, built on the host and copied once."""
@@ -158,8 +165,9 @@ class PackedTrainer:
         """One D then G update of every trial; batch is (K, B, 3, H, W). Returns (K,) losses."""
         gray, real_ab = batch[:, :, :1], batch[:, :, 1:]
         fake_ab = self._g(gray)
-        real_logits = self._d(torch.cat([gray, real_ab], 2))
-        fake_logits = self._d(torch.cat([gray, fake_ab.detach().to(gray.dtype)], 2))
+        d_weights = self._lowered(self.d_params, self.d_norms)        # cast once for both calls
+        real_logits = self._d(torch.cat([gray, real_ab], 2), d_weights)
+        fake_logits = self._d(torch.cat([gray, fake_ab.detach()], 2), d_weights)
         d_losses = [discriminator_loss(full_precision(real_logits[k]), full_precision(fake_logits[k]),
                                        t.cfg.loss.real_label)
                     for k, t in enumerate(self.trainers)]
@@ -197,6 +205,7 @@ class PackedTrainer:
     def next_batch(self, order: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """(K, B) indices and flips of one step → the (K, B, 3, H, W) batch."""
         batch = self.data.train[order.flatten()]
+        # no copy when the data came from load_data in this memory format (gathers keep the layout)
         batch = apply_flip(batch, flips.flatten()).contiguous(memory_format=self.memory_format)
         return batch.view(*order.shape, *batch.shape[1:])
 
