@@ -29,7 +29,7 @@ from bench.naive import naive_images_per_second, peak_memory_gb, peak_text, sync
 from trainable.config import load_config  # noqa: E402
 from trainable.data import ColorData, to_lab  # noqa: E402
 from trainable.datasets import make_synthetic  # noqa: E402
-from trainable.engine import Trainer  # noqa: E402
+from trainable.engine import Trainer, resolve_memory_format  # noqa: E402
 from trainable.graphs import graphed_train_epoch  # noqa: E402
 from trainable.packed import PackedTrainer  # noqa: E402
 
@@ -64,7 +64,8 @@ def naive_processes(args) -> list[dict]:
 def packed(args) -> tuple[float, float]:
     device = torch.device(args.device)
     images = make_synthetic(args.batch_size * args.steps + 64, 32, 0)
-    lab = to_lab(images, device)
+    layout = resolve_memory_format(load_config(None, base_overrides(args, 0)), device)
+    lab = to_lab(images, device).contiguous(memory_format=layout)          # as load_data gives it
     data = ColorData(train=lab[: args.batch_size * args.steps], val=lab[-64:])
     precision = "bf16" if args.bf16 else "fp32"
     trainers = [Trainer(load_config(None, base_overrides(args, i) + [f"train.precision={precision}"]), data)

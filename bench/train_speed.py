@@ -25,12 +25,12 @@ import torch
 from bench.naive import naive_images_per_second, peak_memory_gb, peak_text, synchronize
 from trainable.config import load_config
 from trainable.data import ColorData, to_lab
-from trainable.engine import Trainer
+from trainable.engine import Trainer, resolve_memory_format
 
 
 def ours_images_per_second(overrides: list[str], images: np.ndarray, steps: int, device: torch.device) -> float:
     cfg = load_config(None, overrides)
-    lab = to_lab(images, device)
+    lab = to_lab(images, device).contiguous(memory_format=resolve_memory_format(cfg, device))  # as load_data
     trainer = Trainer(cfg, ColorData(train=lab[: steps * cfg.train.batch_size], val=lab[-64:]))
     trainer.train_epoch()                              # warm-up (and graph capture when on)
     if device.type == "cuda":
