@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sweep import state as sweep_state
+from trainable import layout as sweep_state
 from sweep.spec import SpecError, SweepSpec, incompatibility, load_spec, resolved
 
 EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130

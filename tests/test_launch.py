@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from sweep import state as sweep_state
+from trainable import layout as sweep_state
 from sweep.launch import main
 from sweep.spec import load_spec, resolved
 from tests.sweep_fixtures import (SMOKE, assert_complete, run_launch, sigkill_then_resume, trial_dirs,

@@ -1,0 +1,85 @@
+"""Every file name colorsweep writes, and the one reader and writer of a sweep folder's own files.
+
+A training folder (`trainable.train`, a sweep's `final/`): `checkpoint/latest.pt` (+ `previous.pt`),
+`config.yaml`, `metrics.jsonl`. A trial checkpoint (one per Tune report): `latest.pt`, `samples.png`,
+`generator.pt`, `report.json`. A sweep folder: Tune's files plus `colorsweep_spec.yaml` (the
+resolved spec, checked on every resume), `colorsweep_state.json` (finished flag, where MLflow
+writes) and `final/` (`final.json`, `test_metrics.json`, `samples.png`, `generator.pt`).
+Only json and yaml here (no torch, Ray or MLflow): spec checks, the analysis and the cores read it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from trainable.config import read_yaml
+
+LATEST = "latest.pt"
+PREVIOUS = "previous.pt"
+CHECKPOINT_DIR = "checkpoint"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES = "samples.png"
+GENERATOR = "generator.pt"
+REPORT = "report.json"
+SPEC_FILE = "colorsweep_spec.yaml"
+STATE_FILE = "colorsweep_state.json"
+FINAL_DIR = "final"
+FINAL_RECORD = "final.json"
+TEST_METRICS = "test_metrics.json"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temp name in the same folder and a rename: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class SweepState:
+    finished: bool
+    tracking_uri: str
+    experiment_name: str
+    parent_run_id: str
+
+
+def read_state(sweep_dir: Path) -> SweepState | None:
+    path = Path(sweep_dir) / STATE_FILE
+    return SweepState(**json.loads(path.read_text())) if path.exists() else None
+
+
+def write_state(sweep_dir: Path, state: SweepState) -> None:
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(sweep_dir) / STATE_FILE, json.dumps(asdict(state), indent=2) + "\n")
+
+
+def read_spec(sweep_dir: Path) -> dict | None:
+    """The resolved spec the sweep started with (None when absent); ConfigError names the file."""
+    path = Path(sweep_dir) / SPEC_FILE
+    return read_yaml(path) if path.exists() else None
+
+
+def write_spec(sweep_dir: Path, resolved: dict) -> None:
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(sweep_dir) / SPEC_FILE, yaml.safe_dump(resolved, sort_keys=False))
+
+
+def aside_name(sweep_dir: Path) -> str:
+    return f"{Path(sweep_dir).name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def move_aside(sweep_dir: Path, new_name: str) -> Path:
+    """--fresh: keep the old results under a dated name, never delete them."""
+    target = Path(sweep_dir).with_name(new_name)
+    Path(sweep_dir).rename(target)
+    return target
