@@ -25,8 +25,8 @@ from ray.tune.search.optuna import OptunaSearch
 from sweep.space import SpecError
 from sweep.spec import SweepSpec
 from trainable.config import flatten, to_dict
+from trainable.layout import GENERATOR, REPORT, SAMPLES
 
-SAMPLES, GENERATOR, REPORT, STATE = "samples.png", "generator.pt", "report.json", "latest.pt"
 PACKED_TRIAL_CPU = 0.05
 
 
