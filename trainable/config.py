@@ -19,6 +19,8 @@ DATASETS = ("cifar10", "npz", "folder", "synthetic")
 SCHEDULES = ("plateau", "exponential", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SWITCHES = ("auto", "on", "off")
+CONDITIONINGS = ("none", "film")
+D_CONDITIONINGS = ("none", "projection")
 
 
 class ConfigError(ValueError):
@@ -30,6 +32,16 @@ class ControlConfig:
     """One control term: weight λ_p and target σ_p (hue in turns, colorfulness on a 0..1 RGB scale)."""
     weight: float = 0.0
     target: float = 0.5
+    # [low, high] makes the statistic an input of a conditioned generator (model.conditioning=film):
+    # per-image targets drawn from it replace `target`; empty = not conditioned. Hue: turns, circular.
+    range: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConditionConfig:
+    """How a conditioned generator's per-image training targets are drawn."""
+    own_fraction: float = 0.5     # share of images conditioned on their own ground-truth statistics
+    drop: float = 0.1             # probability that a present statistic is hidden (left free)
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     width: float = 1.0            # channel multiplier; 1.0 = the paper's widths
+    conditioning: str = "none"    # film: G takes per-image targets (Perez et al. 2017)
+    d_conditioning: str = "none"  # projection: D sees them too (Miyato & Koyama 2018)
 
 
 @dataclass(frozen=True)
@@ -62,11 +76,17 @@ class LossConfig:
     green: ControlConfig = field(default_factory=ControlConfig)
     blue: ControlConfig = field(default_factory=ControlConfig)
     colorfulness: ControlConfig = field(default_factory=ControlConfig)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
 
     def controlled(self) -> dict[str, ControlConfig]:
-        """The statistics with a non-zero weight, by name."""
+        """The statistics with a non-zero weight and a fixed target (no range), by name."""
         controls = {name: getattr(self, name) for name in CONTROL_NAMES}
-        return {name: c for name, c in controls.items() if c.weight > 0}
+        return {name: c for name, c in controls.items() if c.weight > 0 and not c.range}
+
+    def conditioned(self) -> dict[str, ControlConfig]:
+        """The statistics with a range: inputs of a conditioned generator, by name."""
+        controls = {name: getattr(self, name) for name in CONTROL_NAMES}
+        return {name: c for name, c in controls.items() if c.range}
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,7 @@ def _validate(cfg: Config) -> None:
         high = math.inf if name == "colorfulness" else 1.0
         _check(f"loss.{name}.target", 0 <= control.target <= high, f"must be in [0, {high}]")
     _check("loss.hue.target", lo.hue.target < 1, "is in turns and must be in [0, 1)")
+    _validate_conditioning(cfg)
     _check("optim.lr_generator", o.lr_generator > 0, "must be > 0")
     _check("optim.lr_discriminator", o.lr_discriminator > 0, "must be > 0")
     _check("optim.beta1", 0 <= o.beta1 < 1, "must be in [0, 1)")
@@ -146,11 +167,32 @@ def _validate(cfg: Config) -> None:
         _check(f"train.{key}", getattr(t, key) in SWITCHES, f"must be one of {', '.join(SWITCHES)}")
 
 
+def _validate_conditioning(cfg: Config) -> None:
+    m, lo = cfg.model, cfg.loss
+    for key, value, allowed in (("model.conditioning", m.conditioning, CONDITIONINGS),
+                                ("model.d_conditioning", m.d_conditioning, D_CONDITIONINGS)):
+        _check(key, value in allowed, f"must be one of {', '.join(allowed)}, got {value!r}")
+    for name, control in lo.conditioned().items():
+        key, bounds, high = f"loss.{name}.range", list(control.range), math.inf if name == "colorfulness" else 1.0
+        _check(key, len(bounds) == 2 and 0 <= bounds[0] < bounds[1] <= high,
+               f"must be [low, high] with 0 <= low < high <= {high} (or empty), got {bounds}")
+        _check(key, m.conditioning != "none", "a range conditions the generator: set model.conditioning=film")
+    _check("model.conditioning", m.conditioning == "none" or lo.conditioned(), "film needs a loss.<statistic>.range")
+    _check("model.d_conditioning", m.d_conditioning == "none" or m.conditioning != "none",
+           "projection needs model.conditioning=film")
+    _check("loss.condition.own_fraction", 0 <= lo.condition.own_fraction <= 1, "must be in [0, 1]")
+    _check("loss.condition.drop", 0 <= lo.condition.drop < 1, "must be in [0, 1)")
+
+
 def _coerce(key: str, value: object, kind: type) -> object:
     """Check one leaf value against its annotated type; ints are accepted for floats.
 
     Numeric strings such as '1e-4' are accepted for numbers: PyYAML reads them as strings.
     """
+    if typing.get_origin(kind) is tuple:          # a YAML list; None or '' = empty
+        if value is None or value == "" or isinstance(value, (list, tuple)):
+            return tuple(_coerce(f"{key}[{i}]", v, typing.get_args(kind)[0]) for i, v in enumerate(value or ()))
+        raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
     if kind in (int, float) and isinstance(value, str):
         try:
             value = float(value)
@@ -203,7 +245,9 @@ def from_dict(data: Mapping) -> Config:
 
 
 def to_dict(cfg: object) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain nested data; tuples become lists, as YAML and JSON give them back."""
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v
+                                                               for k, v in items})
 
 
 def flatten(data: Mapping, prefix: str = "") -> dict[str, object]:
