@@ -1,4 +1,5 @@
-"""Pareto layers and the one scalar rank of a sweep's trials.
+"""Objectives, dominance, Pareto layers and the one scalar rank of a sweep's trials: defined here
+once for the spec, the live progress, `analysis.rank` and the report (numpy and pandas, no torch).
 
 The rank, documented in the README ("Reading a sweep") and reproducible from the table alone:
 1. only trials that ran to the end (status TERMINATED with every report) are ranked;
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 RANKED_STATUS = "TERMINATED"
+MODES = ("min", "max")
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Objective:
     mode: str  # "min" or "max"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("min", "max"):
+        if self.mode not in MODES:
             raise ValueError(f"objective {self.metric}: mode must be min or max, got {self.mode!r}")
 
     @property
@@ -43,7 +45,7 @@ def parse_objective(text: str) -> Objective:
     return Objective(metric.strip(), (mode or "min").strip())
 
 
-def _as_costs(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
+def as_costs(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
     """Flip maximized columns so that lower is better everywhere."""
     signs = np.array([1.0 if o.mode == "min" else -1.0 for o in objectives])
     return np.asarray(values, dtype=float) * signs
@@ -67,6 +69,16 @@ def non_dominated_layers(costs: np.ndarray) -> np.ndarray:
     return layers
 
 
+def front_indices(values: Sequence[Sequence[float]], objectives: Sequence[Objective]) -> list[int]:
+    """Indices of the rows of `values` (one column per objective) that no other row dominates,
+    best first on the first objective."""
+    if not len(values):
+        return []
+    costs = as_costs(np.asarray(values, dtype=float), objectives)
+    layers = non_dominated_layers(costs)
+    return sorted((i for i in range(len(costs)) if layers[i] == 1), key=lambda i: (costs[i, 0], i))
+
+
 def normalized_score(costs: np.ndarray) -> np.ndarray:
     """Mean over columns of the min–max normalized cost; 0 = best on every objective."""
     costs = np.asarray(costs, dtype=float)
@@ -88,7 +100,7 @@ def rank_table(table: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataF
     table["score"] = np.nan
     table["rank"] = pd.Series(pd.NA, index=table.index, dtype="Int64")
     if rankable.any():
-        costs = _as_costs(metrics[rankable].to_numpy(), objectives)
+        costs = as_costs(metrics[rankable].to_numpy(), objectives)
         table.loc[rankable, "pareto_layer"] = non_dominated_layers(costs)
         table.loc[rankable, "score"] = normalized_score(costs)
         order = table[rankable].sort_values(["pareto_layer", "score", "trial_id"]).index

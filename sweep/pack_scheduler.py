@@ -21,8 +21,8 @@ from trainable.config import flatten, to_dict
 
 
 def shared_signature(trainer) -> Hashable:
-    """The config values trials must agree on to share a pack (trainable.packed.SHARED_KEYS)."""
-    from trainable.packed import SHARED_KEYS
+    """The config values trials must agree on to share a pack (trainable.names.SHARED_KEYS)."""
+    from trainable.names import SHARED_KEYS
     flat = flatten(to_dict(trainer.cfg))
     return tuple(sorted((k, repr(v)) for k, v in flat.items() if k.startswith(SHARED_KEYS)))
 

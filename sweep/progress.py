@@ -11,25 +11,17 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from sweep.spec import Objective, SweepSpec
+from analysis.pareto import Objective, front_indices
+from sweep.spec import SweepSpec
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-def _dominates(a: dict, b: dict, objectives: Sequence[Objective]) -> bool:
-    """a is at least as good as b on every objective and better on one."""
-    signs = [1 if o.mode == "min" else -1 for o in objectives]
-    pairs = [(s * a[o.metric], s * b[o.metric]) for s, o in zip(signs, objectives)]
-    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
 def pareto_front(rows: Sequence[dict], objectives: Sequence[Objective]) -> list[dict]:
     """Rows that report every objective and that no other such row dominates, best first."""
     scored = [r for r in rows if all(o.metric in r["metrics"] for o in objectives)]
-    front = [r for r in scored
-             if not any(_dominates(other["metrics"], r["metrics"], objectives) for other in scored)]
-    first = objectives[0]
-    return sorted(front, key=lambda r: r["metrics"][first.metric] * (1 if first.mode == "min" else -1))
+    values = [[r["metrics"][o.metric] for o in objectives] for r in scored]
+    return [scored[i] for i in front_indices(values, objectives)]
 
 
 def _number(value: object) -> str:

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.pareto import DEFAULT_OBJECTIVES, MODES, Objective
 from trainable.config import (Config, ConfigError, apply_overrides, from_dict, parse_assignment,
                               read_yaml, to_dict)
+from trainable.names import SHARED_KEYS, metric_names
 from sweep.space import (Distribution, SpecError, check_mapping, config_error_to_spec, distribution_dict,
                          need, parse_space, probe_config)
 
@@ -22,17 +24,9 @@ TOP_KEYS = ("name", "config", "overrides", "space", "objectives", "sampler", "sc
             "num_samples", "max_concurrent", "report_every", "time_budget", "pack")
 SAMPLERS = ("tpe", "nsga2", "cmaes", "random", "grid")
 SCHEDULERS = ("none", "asha")
-MODES = ("min", "max")
-DEFAULT_OBJECTIVES = (("val_control_error", "min"), ("val_realism_abhist", "min"))
 MAX_CONCURRENT_DEFAULT = 10
 # Changing these between runs of one sweep is allowed; every other difference is refused.
 RESUMABLE_CHANGES = ("time_budget",)
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    mode: str
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,6 @@ def _pack(raw: object, space: Mapping[str, Distribution], max_concurrent: int) -
     pack = _int("pack", 1 if raw is None else raw, 1)
     need("pack", pack <= max_concurrent, f"must be <= max_concurrent ({max_concurrent}), got {pack}")
     if pack > 1:
-        from trainable.packed import SHARED_KEYS   # imported late: packing pulls in torch
         for key in space:
             shared = [k for k in SHARED_KEYS if key == k or key.startswith(f"{k}.")]
             need(f"space.{key}", not shared, f"cannot be searched with pack > 1 (trials in one pack "
@@ -92,7 +85,7 @@ def _pack(raw: object, space: Mapping[str, Distribution], max_concurrent: int) -
 
 def _objectives(raw: object, cfg: Config) -> tuple[Objective, ...]:
     if raw is None:
-        raw = [{"metric": m, "mode": mode} for m, mode in DEFAULT_OBJECTIVES]
+        raw = [{"metric": o.metric, "mode": o.mode} for o in DEFAULT_OBJECTIVES]
     need("objectives", isinstance(raw, list) and len(raw) > 0, "expected a non-empty list")
     reported = set(_metric_names(cfg))
     objectives = []
@@ -109,8 +102,7 @@ def _objectives(raw: object, cfg: Config) -> tuple[Objective, ...]:
 
 
 def _metric_names(cfg: Config) -> list[str]:
-    from trainable.engine import metric_names  # imported late: the engine pulls in torch
-    return metric_names(cfg)
+    return metric_names(cfg.loss.controlled())
 
 
 def _sampler(raw: object, space: Mapping[str, Distribution], objectives) -> tuple[str, int | None]:

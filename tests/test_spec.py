@@ -103,3 +103,17 @@ def test_incompatible_changes_are_named():
     assert incompatibility(old, resolved(parse_spec(GOOD, ["time_budget=2h"]))) is None
     changed = incompatibility(old, resolved(parse_spec(GOOD, ["model.width=0.5"])))
     assert changed.startswith("config.model.width was 0.125, now 0.5")
+
+
+@pytest.mark.integration
+def test_checking_a_spec_imports_no_torch():
+    """Names shared by spec checks and the trainer live in torch-free modules (trainable.names,
+    trainable.layout, analysis.pareto); a fresh interpreter shows what a spec check pulls in."""
+    import subprocess
+    import sys
+    code = ("import sys; from sweep.spec import load_spec; import trainable.config, trainable.layout; "
+            f"load_spec({str(SPACES / 'multi.yaml')!r}, ['pack=2', 'max_concurrent=2']); "
+            "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=SPACES.parent, check=True)
+    assert found.stdout.strip() == "[]"

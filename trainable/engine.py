@@ -14,8 +14,9 @@ from trainable.color import lab_normalized_to_rgb
 from trainable.config import Config, flatten, from_dict, to_dict
 from trainable.data import ColorData, apply_flip, epoch_plan, load_data
 from trainable.losses import discriminator_loss, generator_loss
-from trainable.metrics import MetricAccumulator, metric_names as _metric_names
+from trainable.metrics import MetricAccumulator
 from trainable.models import build_models
+from trainable.names import metric_names as _metric_names
 from trainable.schedule import LrSchedule
 
 STATE_FORMAT = "colorsweep-trainer"

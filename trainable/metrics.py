@@ -16,18 +16,10 @@ import torch
 
 from trainable.color import AB_SCALE, CONTROL_NAMES, batch_mean, distance, image_statistics
 from trainable.config import ControlConfig
+from trainable.names import PIXEL_ACC_THRESHOLDS
 
-PIXEL_ACC_THRESHOLDS = (1, 2, 5)
 PIXEL_ACC_UNIT = 2.2        # Nazeri et al.: |Δa|, |Δb| ≤ 2.2·t in Lab units counts as correct
 AB_BINS = 32
-
-
-def metric_names(controlled: Mapping[str, ControlConfig]) -> list[str]:
-    """Every key `finalize` returns for these controlled statistics."""
-    names = [f"val_{name}" for name in CONTROL_NAMES]
-    names += [f"val_control_error_{name}" for name in controlled] + ["val_control_error"]
-    names += [f"val_pixel_acc_{t}" for t in PIXEL_ACC_THRESHOLDS]
-    return names + ["val_psnr", "val_l1", "val_realism_abhist", "val_colorfulness_ratio"]
 
 
 def ab_histogram(ab: torch.Tensor) -> torch.Tensor:

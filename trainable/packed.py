@@ -25,9 +25,8 @@ from trainable.config import flatten, to_dict
 from trainable.data import apply_flip, epoch_plan
 from trainable.engine import Trainer, full_precision
 from trainable.losses import discriminator_loss, generator_loss
+from trainable.names import SHARED_KEYS
 
-SHARED_KEYS = ("data", "model.width", "train.batch_size", "train.device", "train.precision",
-               "train.channels_last")
 ADAM_EPS = 1e-8
 
 

@@ -1,0 +1,22 @@
+"""Names the trainer and the sweep spec's checks share, without torch: the metrics
+`Trainer.evaluate` reports and the config keys packed trials must agree on. Checking a spec
+imports this module, not the trainer.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from trainable.config import CONTROL_NAMES, ControlConfig
+
+PIXEL_ACC_THRESHOLDS = (1, 2, 5)
+# Trials stepped together in one pack share one model layout, batch, device and data.
+SHARED_KEYS = ("data", "model.width", "train.batch_size", "train.device", "train.precision",
+               "train.channels_last")
+
+
+def metric_names(controlled: Mapping[str, ControlConfig]) -> list[str]:
+    """Every key the metrics' `finalize` returns for these controlled statistics."""
+    names = [f"val_{name}" for name in CONTROL_NAMES]
+    names += [f"val_control_error_{name}" for name in controlled] + ["val_control_error"]
+    names += [f"val_pixel_acc_{t}" for t in PIXEL_ACC_THRESHOLDS]
+    return names + ["val_psnr", "val_l1", "val_realism_abhist", "val_colorfulness_ratio"]
