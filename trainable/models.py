@@ -6,6 +6,12 @@ For 32×32 the channel widths are the paper's; larger power-of-two sizes add str
 the bottleneck is 2×2 (generator) or the patch grid is 4×4 (discriminator). `width` scales every
 channel count. Conventions follow pix2pix: conv → BatchNorm → activation, no conv bias before a
 BatchNorm, no BatchNorm on the discriminator's first layer (it sees raw images).
+
+Conditioned (`model.conditioning=film`): G also takes the condition vector c (trainable.condition)
+and a small MLP maps it to a per-channel scale and shift applied right after the BatchNorm of the
+bottleneck and of every decoder stage (FiLM, Perez et al. 2017). With `model.d_conditioning=projection`
+D adds the inner product of a linear embedding of c with its last features at every patch cell
+(projection discriminator, Miyato & Koyama 2018). Both start at exactly the unconditioned model.
 """
 from __future__ import annotations
 
@@ -14,12 +20,14 @@ import math
 import torch
 from torch import nn
 
+from trainable.condition import CONDITION_SIZE
 from trainable.config import Config
 
 KERNEL = 4
 LEAKY_SLOPE = 0.2
 BASE_WIDTH = 64
 MAX_WIDTH = 512
+FILM_HIDDEN = 64
 
 
 def scaled(channels: int, width: float) -> int:
@@ -67,10 +75,41 @@ def up(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class Generator(nn.Module):
-    """U-Net: normalized L (N,1,S,S) → normalized ab (N,2,S,S) in [−1, 1]."""
+class Film(nn.Module):
+    """c (N, CONDITION_SIZE) → one (scale, shift) pair of (N, C, 1, 1) per conditioned stage.
 
-    def __init__(self, image_size: int = 32, width: float = 1.0):
+    The last layer starts at zero, so every scale starts at 1 and every shift at 0: a new conditioned
+    generator computes exactly what the unconditioned one with the same weights computes."""
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        self.channels = channels
+        with torch.random.fork_rng(devices=[]):    # the other weights stay those of the same seed
+            self.body = nn.Sequential(nn.Linear(CONDITION_SIZE, FILM_HIDDEN), nn.ReLU(),
+                                      nn.Linear(FILM_HIDDEN, 2 * sum(channels)))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, condition: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        parts = self.body(condition).split([2 * c for c in self.channels], dim=1)
+        return [(1 + part[:, :c, None, None], part[:, c:, None, None]) for part, c in zip(parts, self.channels)]
+
+
+def run_stage(stage: nn.Sequential, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """A stage's layers in order, with FiLM's scale and shift right after its BatchNorm."""
+    if film is None:
+        return stage(x)
+    for layer in stage:
+        x = layer(x)
+        if isinstance(layer, nn.BatchNorm2d):
+            x = x * film[0] + film[1]
+    return x
+
+
+class Generator(nn.Module):
+    """U-Net: normalized L (N,1,S,S) [and c (N, CONDITION_SIZE)] → normalized ab (N,2,S,S) in [−1, 1]."""
+
+    def __init__(self, image_size: int = 32, width: float = 1.0, conditioned: bool = False):
         super().__init__()
         widths = stage_widths(_stride_two_stages(image_size, 2) + 1, width)
         # 32×32, width 1: encoder 64 @32 (stride 1), 128 @16, 256 @8, 512 @4, 512 @2.
@@ -87,23 +126,31 @@ class Generator(nn.Module):
             in_ch = 2 * out_ch
         # 1×1 conv to ab, tanh keeps it in [−1, 1]: (N, 2·64, 32, 32) → (N, 2, 32, 32).
         self.head = nn.Sequential(nn.Conv2d(in_ch, 2, kernel_size=1), nn.Tanh())
+        # FiLM on the bottleneck and every decoder stage: widths[-1], then the decoder's widths.
+        self.film = Film([widths[-1], *skip_widths]) if conditioned else None
 
-    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+    def forward(self, lightness: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """condition: c of trainable.condition; None on a conditioned generator = every statistic free."""
+        films: list = [None] * (len(self.decoder) + 1)
+        if self.film is not None:
+            if condition is None:
+                condition = lightness.new_zeros(lightness.shape[0], CONDITION_SIZE)
+            films = self.film(condition.to(lightness.dtype))
         skips = []
         x = lightness
-        for stage in self.encoder:
+        for stage in self.encoder[:-1]:
             x = stage(x)
             skips.append(x)
-        skips.pop()  # the bottleneck is not concatenated with itself
-        for stage in self.decoder:
-            x = torch.cat([stage(x), skips.pop()], dim=1)
+        x = run_stage(self.encoder[-1], x, films[0])     # the bottleneck is not concatenated with itself
+        for stage, film in zip(self.decoder, films[1:]):
+            x = torch.cat([run_stage(stage, x, film), skips.pop()], dim=1)
         return self.head(x)
 
 
 class Discriminator(nn.Module):
-    """Patch discriminator: (L, ab) (N,3,S,S) → logits (N,1,4,4); no sigmoid."""
+    """Patch discriminator: (L, ab) (N,3,S,S) [and c] → logits (N,1,4,4); no sigmoid."""
 
-    def __init__(self, image_size: int = 32, width: float = 1.0):
+    def __init__(self, image_size: int = 32, width: float = 1.0, projection: bool = False):
         super().__init__()
         stride_two = _stride_two_stages(image_size, 4)
         widths = stage_widths(stride_two, width)
@@ -116,12 +163,22 @@ class Discriminator(nn.Module):
         # 512 @4, stride 1; then one logit per 4×4 patch cell: (N, 1, 4, 4).
         self.layers.append(down(in_ch, scaled(MAX_WIDTH, width), stride=1))
         self.head = nn.Sequential(same_pad(), nn.Conv2d(scaled(MAX_WIDTH, width), 1, KERNEL))
+        self.projection = None
+        if projection:   # embedding of c, started at zero so D starts unconditioned
+            with torch.random.fork_rng(devices=[]):
+                self.projection = nn.Linear(CONDITION_SIZE, scaled(MAX_WIDTH, width), bias=False)
+            nn.init.zeros_(self.projection.weight)
 
-    def forward(self, lab: torch.Tensor) -> torch.Tensor:
+    def forward(self, lab: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         x = lab
         for layer in self.layers:
             x = layer(x)
-        return self.head(x)
+        logits = self.head(x)
+        if self.projection is not None and condition is not None:
+            # y^T V φ(x) per patch cell: (N, C) · (N, C, 4, 4) summed over C → (N, 1, 4, 4)
+            embedded = self.projection(condition.to(x.dtype))[:, :, None, None]
+            logits = logits + (embedded * x).sum(1, keepdim=True)
+        return logits
 
 
 def _gain_of(block: nn.Sequential) -> tuple[str, float]:
@@ -152,6 +209,11 @@ def init_weights(module: nn.Module) -> nn.Module:
     return module
 
 
+def build_generator(cfg: Config) -> Generator:
+    """The generator cfg describes (conditioned or not), with PyTorch's default initialization."""
+    return Generator(cfg.data.image_size, cfg.model.width, conditioned=cfg.model.conditioning == "film")
+
+
 def build_models(cfg: Config) -> tuple[Generator, Discriminator]:
     """Generator and discriminator for cfg.data.image_size and cfg.model.width, He-initialized.
 
@@ -159,8 +221,9 @@ def build_models(cfg: Config) -> tuple[Generator, Discriminator]:
     from the gray baseline (pixel accuracy 0.54 at t = 5 on CIFAR-10) instead of He-initialized color
     noise (about 0.02), which short runs otherwise spend their first epochs unlearning.
     """
-    generator = init_weights(Generator(cfg.data.image_size, cfg.model.width))
-    discriminator = init_weights(Discriminator(cfg.data.image_size, cfg.model.width))
+    generator = init_weights(build_generator(cfg))
+    discriminator = init_weights(Discriminator(cfg.data.image_size, cfg.model.width,
+                                               projection=cfg.model.d_conditioning == "projection"))
     nn.init.zeros_(generator.head[0].weight)
     nn.init.zeros_(generator.head[0].bias)
     return generator, discriminator

@@ -1,0 +1,130 @@
+"""Per-image targets of a conditioned generator: the condition vector, drawing targets, the loss.
+
+The condition vector c has a fixed layout over CONTROL_NAMES, whatever a model is conditioned on:
+per statistic its target (hue as cos and sin of the angle, so 0.99 and 0.01 turns are neighbours)
+and a presence bit; an absent statistic is all zeros and left free to the generator.
+
+While training, each image gets targets drawn on the device from uniforms drawn per epoch on the
+host (`condition_noise`), so the step never waits for the host and a resumed run draws the same:
+a share `own_fraction` of the images is conditioned on its own ground-truth statistics, the rest on
+targets uniform in each range (hue circular), and each present statistic is hidden with probability
+`drop` (Zhang et al. 2017 hide their global hints at random for the same reason).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from trainable.color import distance, image_statistics
+from trainable.config import CONTROL_NAMES, LossConfig
+
+# Hue takes three slots (cos, sin, presence), every other statistic two (value, presence).
+SLOTS = {name: 3 if name == "hue" else 2 for name in CONTROL_NAMES}
+CONDITION_SIZE = sum(SLOTS.values())
+HUE_GRID = (0.0, 0.25, 0.6, 0.85)    # the evaluation grid of a full-circle hue range
+GRID_POINTS = 5
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Per-image targets (B, S) in the order of `names`, present (B, S) as 0/1 and own (B,) as 0/1.
+
+    own marks the images conditioned on their own statistics (where the ground truth agrees)."""
+    names: tuple[str, ...]
+    values: torch.Tensor
+    present: torch.Tensor
+    own: torch.Tensor
+
+
+def condition_vector(targets: Targets) -> torch.Tensor:
+    """Targets → c (B, CONDITION_SIZE) in the fixed layout; statistics not in targets are absent."""
+    batch = targets.values.shape[0]
+    parts = []
+    for name in CONTROL_NAMES:
+        if name not in targets.names:
+            parts.append(targets.values.new_zeros(batch, SLOTS[name]))
+            continue
+        index = targets.names.index(name)
+        value, present = targets.values[:, index], targets.present[:, index]
+        if name == "hue":
+            angle = value * (2 * math.pi)
+            parts.append(torch.stack([torch.cos(angle) * present, torch.sin(angle) * present, present], 1))
+        else:
+            parts.append(torch.stack([value * present, present], 1))
+    return torch.cat(parts, 1)
+
+
+def fixed_targets(values: Mapping[str, float | torch.Tensor], batch: int,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Targets:
+    """The same targets for every image of a batch; a value of None means free (absent)."""
+    names = tuple(values)
+    columns = [torch.full((batch,), 0.0 if v is None else float(v), device=device, dtype=dtype)
+               for v in values.values()]
+    present = [torch.full((batch,), 0.0 if v is None else 1.0, device=device, dtype=dtype)
+               for v in values.values()]
+    empty = torch.zeros(batch, 0, device=device, dtype=dtype)
+    return Targets(names, torch.stack(columns, 1) if names else empty,
+                   torch.stack(present, 1) if names else empty, torch.ones(batch, device=device, dtype=dtype))
+
+
+def own_targets(real_rgb: torch.Tensor, names: tuple[str, ...]) -> Targets:
+    """Every image conditioned on its own statistics, all present (the faithful mode)."""
+    stats = image_statistics(real_rgb, names)
+    values = torch.stack([stats[n] for n in names], 1)
+    ones = torch.ones_like(values)
+    return Targets(names, values, ones, ones[:, 0] if names else real_rgb.new_ones(real_rgb.shape[0]))
+
+
+def noise_width(loss_cfg: LossConfig) -> int:
+    """Uniforms per image: one for own-or-drawn, then per conditioned statistic one for drop, one for value."""
+    return 1 + 2 * len(loss_cfg.conditioned())
+
+
+def condition_noise(steps: int, batch: int, loss_cfg: LossConfig, rng: torch.Generator) -> torch.Tensor | None:
+    """(steps, batch, noise_width) uniforms for an epoch, drawn on the host from the trial's generator
+    (None for an unconditioned config, which then draws nothing and keeps its data order)."""
+    if not loss_cfg.conditioned():
+        return None
+    return torch.rand(steps, batch, noise_width(loss_cfg), generator=rng)
+
+
+def range_tensors(loss_cfg: LossConfig, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(low (S,), high (S,), weight (S,)) of the conditioned statistics: per-trial numbers a packed
+    step can stack (trials in a pack may differ in ranges and λ, not in which statistics)."""
+    controls = list(loss_cfg.conditioned().values())
+    columns = ([c.range[0] for c in controls], [c.range[1] for c in controls], [c.weight for c in controls])
+    return tuple(torch.tensor(column, dtype=torch.float32, device=device) for column in columns)
+
+
+def draw_targets(noise: torch.Tensor, real_stats: torch.Tensor, names: tuple[str, ...], low: torch.Tensor,
+                 high: torch.Tensor, own_fraction: float, drop: float) -> Targets:
+    """Per-image targets from one step's uniforms (B, noise_width) and the batch's own statistics
+    (B, S), all on the device: own images take their statistics, the rest uniform in [low, high]
+    (hue wrapped to [0, 1)); each statistic present unless its drop uniform falls below `drop`."""
+    own = (noise[:, 0] < own_fraction).to(real_stats.dtype)
+    drawn = low + noise[:, 2::2] * (high - low)
+    hue = torch.tensor([n == "hue" for n in names], device=noise.device)
+    drawn = torch.where(hue, drawn % 1.0, drawn)
+    values = torch.where(own[:, None] > 0, real_stats, drawn.to(real_stats.dtype))
+    present = (noise[:, 1::2] >= drop).to(real_stats.dtype)
+    return Targets(names, values, present, own)
+
+
+def per_image_control_loss(fake_rgb: torch.Tensor, targets: Targets,
+                           weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Σ_p λ_p · mean over images where p is present of d_p(p(fake_i), σ_i) (hue: shortest arc).
+
+    Returns {"loss_control": scalar, "control_error_<p>": that mean, detached}."""
+    stats = image_statistics(fake_rgb, targets.names)
+    total = fake_rgb.new_zeros(())
+    terms = {}
+    for index, name in enumerate(targets.names):
+        present = targets.present[:, index]
+        gaps = distance(name, stats[name], targets.values[:, index])
+        error = (gaps * present).sum() / present.sum().clamp_min(1)
+        total = total + weights[index] * error
+        terms[f"control_error_{name}"] = error.detach()
+    return {"loss_control": total, **terms}
