@@ -102,7 +102,7 @@ def _objectives(raw: object, cfg: Config) -> tuple[Objective, ...]:
 
 
 def _metric_names(cfg: Config) -> list[str]:
-    return metric_names(cfg.loss.controlled())
+    return metric_names(cfg.loss.controlled(), tuple(cfg.loss.conditioned()))
 
 
 def _sampler(raw: object, space: Mapping[str, Distribution], objectives) -> tuple[str, int | None]:

@@ -13,12 +13,12 @@ targets uniform in each range (hue circular), and each present statistic is hidd
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from trainable.color import distance, image_statistics
+from trainable.color import batch_mean, distance, image_statistics, lab_normalized_to_rgb
 from trainable.config import CONTROL_NAMES, LossConfig
 
 # Hue takes three slots (cos, sin, presence), every other statistic two (value, presence).
@@ -128,3 +128,45 @@ def per_image_control_loss(fake_rgb: torch.Tensor, targets: Targets,
         total = total + weights[index] * error
         terms[f"control_error_{name}"] = error.detach()
     return {"loss_control": total, **terms}
+
+
+def control_grid(name: str, bounds: tuple[float, float]) -> tuple[float, ...]:
+    """The evaluation targets of a conditioned statistic: GRID_POINTS across its range; a full hue
+    circle gets HUE_GRID (0 and 1 are the same hue)."""
+    low, high = bounds
+    if name == "hue" and high - low >= 1:
+        return HUE_GRID
+    return tuple(low + (high - low) * i / (GRID_POINTS - 1) for i in range(GRID_POINTS))
+
+
+@torch.no_grad()
+def grid_statistics(colorize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
+                    name: str, grid: Sequence[float], batch: int) -> torch.Tensor:
+    """(len(grid), N) statistic `name` of `images` (normalized Lab) colorized with only `name` present
+    at each grid target; colorize(L, c) returns normalized Lab."""
+    rows = []
+    for target in grid:
+        parts = []
+        for start in range(0, len(images), batch):
+            gray = images[start:start + batch, :1]
+            condition = condition_vector(fixed_targets({name: target}, len(gray), gray.device))
+            fake = colorize(gray, condition)
+            parts.append(image_statistics(lab_normalized_to_rgb(fake.float()), (name,))[name])
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def grid_metrics(name: str, grid: Sequence[float], stats: torch.Tensor) -> dict[str, float]:
+    """val_control_error_<p> (mean per-image distance), _batch (distance of the batch mean, averaged
+    over the grid) and val_control_monotonic_<p>: the share of images whose statistic rises at every
+    grid step (hue: whose output at each target is the nearest of its outputs to that target)."""
+    targets = torch.tensor(grid, dtype=stats.dtype, device=stats.device)
+    per_image = distance(name, stats, targets[:, None])
+    batch = torch.stack([distance(name, batch_mean(name, row), t) for row, t in zip(stats, targets)])
+    if name == "hue":
+        nearest = distance(name, stats[None], targets[:, None, None]).argmin(1)     # (target, image)
+        ordered = (nearest == torch.arange(len(grid), device=stats.device)[:, None]).all(0)
+    else:
+        ordered = (stats[1:] > stats[:-1]).all(0)
+    return {f"val_control_error_{name}": float(per_image.mean()), f"val_control_error_{name}_batch": float(batch.mean()),
+            f"val_control_monotonic_{name}": float(ordered.float().mean())}

@@ -4,19 +4,21 @@ imports this module, not the trainer.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from trainable.config import CONTROL_NAMES, ControlConfig
 
 PIXEL_ACC_THRESHOLDS = (1, 2, 5)
 # Trials stepped together in one pack share one model layout, batch, device and data.
-SHARED_KEYS = ("data", "model.width", "train.batch_size", "train.device", "train.precision",
+SHARED_KEYS = ("data", "model", "train.batch_size", "train.device", "train.precision",
                "train.channels_last")
 
 
-def metric_names(controlled: Mapping[str, ControlConfig]) -> list[str]:
-    """Every key the metrics' `finalize` returns for these controlled statistics."""
+def metric_names(controlled: Mapping[str, ControlConfig], conditioned: Sequence[str] = ()) -> list[str]:
+    """Every key `Trainer.evaluate` returns for these controlled and conditioned statistics."""
     names = [f"val_{name}" for name in CONTROL_NAMES]
     names += [f"val_control_error_{name}" for name in controlled] + ["val_control_error"]
+    for name in conditioned:      # evaluated on a grid of targets (trainable.condition.grid_metrics)
+        names += [f"val_control_error_{name}", f"val_control_error_{name}_batch", f"val_control_monotonic_{name}"]
     names += [f"val_pixel_acc_{t}" for t in PIXEL_ACC_THRESHOLDS]
     return names + ["val_psnr", "val_l1", "val_realism_abhist", "val_colorfulness_ratio"]
