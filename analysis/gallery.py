@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from analysis.rank import param_label
-from trainable.color import lab_normalized_to_rgb
+from trainable.color import lab_normalized_to_uint8
 from trainable.config import Config
 from trainable.data import load_data
 from trainable.export import ModelError, load_generator
@@ -25,12 +25,6 @@ def control_label(cfg: Config) -> str:
     """'σ_saturation=0.9 λ_saturation=20' for every controlled statistic (hue σ in turns)."""
     parts = [f"σ_{name}={c.target:.3g} λ_{name}={c.weight:.3g}" for name, c in cfg.loss.controlled().items()]
     return "  ".join(parts) or "no control term (λ = 0)"
-
-
-def to_uint8(lab: torch.Tensor) -> np.ndarray:
-    """Normalized Lab (N,3,H,W) → uint8 RGB (N,H,W,3)."""
-    rgb = lab_normalized_to_rgb(lab.float()).clamp(0, 1)
-    return (rgb * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _split_samples_png(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,9 +58,9 @@ class Gallery:
         real = self._validation(cfg)
         fake = torch.cat([real[:, :1], generator(real[:, :1]).float()], 1)
         if self.gray is None:
-            self.gray = to_uint8(torch.cat([real[:, :1], torch.zeros_like(real[:, 1:])], 1))
-            self.real = to_uint8(real)
-        self.rows.append((f"{title}\n{control_label(cfg)}", to_uint8(fake)))
+            self.gray = lab_normalized_to_uint8(torch.cat([real[:, :1], torch.zeros_like(real[:, 1:])], 1))
+            self.real = lab_normalized_to_uint8(real)
+        self.rows.append((f"{title}\n{control_label(cfg)}", lab_normalized_to_uint8(fake)))
 
     def add_samples_png(self, title: str, path: Path, label: str) -> None:
         gray, ours, real = _split_samples_png(path)

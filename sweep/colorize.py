@@ -9,7 +9,6 @@ anything is written, and every PNG is written to a temp name and renamed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from trainable.color import lab_normalized_to_rgb, rgb_to_lab_normalized
+from trainable.color import lab_normalized_to_uint8, rgb_to_lab_normalized
 from trainable.export import ModelError, load_generator
+from trainable.files import is_image_name, write_atomic
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class InputError(ValueError):
@@ -34,7 +33,7 @@ def collect_inputs(inputs: Sequence[str]) -> list[Path]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if is_image_name(p))
             if not found:
                 raise InputError(f"{path}: folder holds no images")
             files.extend(found)
@@ -63,18 +62,11 @@ def colorize_array(generator: torch.nn.Module, rgb: np.ndarray, multiple: int) -
     pad_h, pad_w = -height % multiple, -width % multiple
     padded = F.pad(gray, (0, pad_w, 0, pad_h), mode="replicate")
     ab = generator(padded)[..., :height, :width]
-    out = lab_normalized_to_rgb(torch.cat([gray, ab], 1))[0]
-    return (out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return lab_normalized_to_uint8(torch.cat([gray, ab], 1))[0]
 
 
 def write_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"))
 
 
 def output_paths(files: list[Path], out: Path) -> list[Path]:

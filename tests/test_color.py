@@ -3,11 +3,12 @@ circular hue, and finite gradients on gray images."""
 import math
 
 import kornia.color
+import numpy as np
 import pytest
 import torch
 
 from trainable.color import (AB_SCALE, L_SCALE, batch_mean, distance, image_statistics,
-                             lab_normalized_to_rgb, rgb_to_lab_normalized)
+                             lab_normalized_to_rgb, lab_normalized_to_uint8, rgb_to_lab_normalized)
 
 torch.set_num_threads(1)
 
@@ -38,6 +39,13 @@ def test_round_trip_rgb_lab_rgb():
     back = lab_normalized_to_rgb(rgb_to_lab_normalized(rgb))
     assert (back - rgb).abs().max().item() < 1e-3
     assert torch.allclose(back, kornia.color.lab_to_rgb(kornia.color.rgb_to_lab(rgb)), atol=1e-5)
+
+
+def test_uint8_images_survive_lab_and_back():
+    pixels = torch.randint(0, 256, (2, 5, 7, 3), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    back = lab_normalized_to_uint8(rgb_to_lab_normalized(pixels.permute(0, 3, 1, 2).float() / 255))
+    assert back.dtype == np.uint8 and back.shape == (2, 5, 7, 3)
+    assert np.abs(back.astype(int) - pixels.numpy().astype(int)).max() <= 1
 
 
 def test_lab_to_rgb_is_clamped():

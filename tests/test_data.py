@@ -14,9 +14,10 @@ from PIL import Image
 
 from trainable.cifar10 import load_cifar10
 from trainable.config import DataConfig
-from trainable.data import (GRAY_CHROMA, batch_indices, load_data, load_test_split, mean_chroma,
-                            random_flip, split_indices, to_lab)
-from trainable.datasets import DataError, load_folder, load_raw, make_synthetic
+from trainable.data import (GRAY_CHROMA, apply_flip, batch_indices, epoch_plan, load_data, load_test_split,
+                            mean_chroma, split_indices, to_lab)
+from trainable.datasets import load_folder, load_raw, make_synthetic
+from trainable.download import DataError
 
 
 def _noise(count: int, seed: int, size: int = 32) -> np.ndarray:
@@ -191,10 +192,11 @@ def test_test_split_cifar10_uses_test_and_others_fall_back_to_val(tmp_path):
     assert len(full_val) == 4
 
 
-def test_random_flip_flips_exactly_the_masked_items():
+def test_planned_flip_flips_exactly_the_masked_items():
     batch = torch.arange(6 * 2 * 3 * 4, dtype=torch.float32).view(6, 2, 3, 4)
-    flipped = random_flip(batch, torch.Generator().manual_seed(1))
-    mask = torch.rand(6, generator=torch.Generator().manual_seed(1)) < 0.5
+    _, flips = epoch_plan(6, 6, torch.Generator().manual_seed(1), True)
+    mask = flips[0]
+    flipped = apply_flip(batch, mask)
     assert 0 < int(mask.sum()) < 6
     torch.testing.assert_close(flipped[mask], batch[mask].flip(-1))
     torch.testing.assert_close(flipped[~mask], batch[~mask])

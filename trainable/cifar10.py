@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from trainable.download import DataError, download
+from trainable.files import is_image_name, write_atomic
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -27,7 +28,6 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCHES_NAME = "cifar-10-batches-py"
 JPEG_ARCHIVE_NAME = "cifar10-jpeg.tar.gz"
 BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-JPEG_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def read_npz_images(path: Path) -> np.ndarray:
@@ -47,18 +47,11 @@ def read_npz_images(path: Path) -> np.ndarray:
 
 
 def _write_npz_atomic(path: Path, images: np.ndarray) -> None:
-    """Cache decoded images as path (temp name, then rename); silently skipped when not writable."""
+    """Cache decoded images as path; silently skipped when the folder is not writable."""
     try:
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        write_atomic(path, lambda handle: np.savez(handle, images=images))
     except OSError:
-        return
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.savez(handle, images=images)
-        os.chmod(temp_name, 0o644)  # mkstemp makes 0600; the cache is for everyone who reads the folder
-        os.replace(temp_name, path)
-    except OSError:
-        Path(temp_name).unlink(missing_ok=True)
+        pass
 
 
 def _batches_folder(root: Path) -> Path | None:
@@ -122,7 +115,7 @@ def _jpeg_tree(root: Path, split: str) -> list[Path]:
     folder = root / split
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*/*") if p.suffix.lower() in JPEG_SUFFIXES)
+    return sorted(p for p in folder.glob("*/*") if is_image_name(p))
 
 
 def _read_jpeg_tree(root: Path, split: str, files: list[Path]) -> np.ndarray:
@@ -139,7 +132,7 @@ def _read_jpeg_archive(archive: Path, root: Path, split: str) -> np.ndarray:
             for member in tar:
                 parts = Path(member.name).parts
                 if member.isfile() and len(parts) >= 3 and parts[-3] == split \
-                        and Path(member.name).suffix.lower() in JPEG_SUFFIXES:
+                        and is_image_name(member.name):
                     blobs[member.name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{archive}: cannot read: {err}") from None
@@ -160,9 +153,9 @@ def _root_of(path: str) -> Path:
 
 
 def _missing(root: Path) -> DataError:
-    return DataError(f"{root}: no CIFAR-10 found; put {ARCHIVE_NAME} (or its {BATCHES_NAME}/, or "
-                     f"train.npz + test.npz with uint8 NHWC 'images') there, or set data.download=true "
-                     f"to fetch {CIFAR10_URL}")
+    return DataError(f"{root}: no CIFAR-10 found; put {ARCHIVE_NAME} (or its {BATCHES_NAME}/), the JPEG "
+                     f"mirror's {JPEG_ARCHIVE_NAME} (or its train/ and test/ class folders), or train.npz + "
+                     f"test.npz with uint8 NHWC 'images' there, or set data.download=true to fetch {CIFAR10_URL}")
 
 
 def _fetch_official(root: Path, url: str | None, md5: str | None) -> Path:

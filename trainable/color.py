@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import kornia.color
+import numpy as np
 import torch
 
 from trainable.config import CONTROL_NAMES
@@ -42,6 +43,12 @@ def lab_normalized_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     lightness, ab = lab[:, :1], lab[:, 1:]
     lab_raw = torch.cat([l_from_normalized(lightness), ab * AB_SCALE], dim=1)
     return kornia.color.lab_to_rgb(lab_raw, clip=True)
+
+
+def lab_normalized_to_uint8(lab: torch.Tensor) -> np.ndarray:
+    """(N,3,H,W) normalized Lab → (N,H,W,3) uint8 RGB on the CPU, the form images are saved in."""
+    rgb = lab_normalized_to_rgb(lab.float()).clamp(0, 1)
+    return (rgb * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 `load_data` reads the raw images (datasets.py), converts them to normalized Lab on the device,
 drops pure-gray images, holds out a validation split fixed by `split_seed` and applies the limits.
-Batches are index tensors from `batch_indices`; `random_flip` flips a random subset of a batch with
-one mask, on the batch's device (airbench's CifarLoader style: no DataLoader workers).
+Batches are index tensors from `batch_indices`; `apply_flip` flips the subset of a batch that
+`epoch_plan`'s mask picks, in one op on the batch's device (airbench's CifarLoader style: no DataLoader workers).
 """
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ import torch
 
 from trainable.color import AB_SCALE, rgb_to_lab_normalized
 from trainable.config import DataConfig
-from trainable.datasets import DataError, has_test_split, load_raw
-
-__all__ = ["ColorData", "DataError", "GRAY_CHROMA", "load_data", "load_test_split", "to_lab",
-           "mean_chroma", "split_indices", "batch_indices", "random_flip"]
+from trainable.datasets import has_test_split, load_raw
+from trainable.download import DataError
 
 # An image whose mean chroma sqrt(a² + b²) (Lab units) is below this is gray and dropped. Exactly
 # gray images score ~0.003; JPEG noise lifts gray photos to ~0.5-2 (the CIFAR-10 JPEG mirror's test
@@ -130,9 +128,3 @@ def apply_flip(batch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Flip the (N, C, H, W) batch's items where the (N,) mask is true, in one op."""
     return torch.where(mask.view(-1, 1, 1, 1), batch.flip(-1), batch)
 
-
-def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip a random half (in expectation) of the batch horizontally with one mask drawn on the CPU
-    from generator (so the stream is device-independent)."""
-    mask = torch.rand(len(batch), generator=generator) < 0.5
-    return apply_flip(batch, mask.to(batch.device))

@@ -13,11 +13,8 @@ from PIL import Image, UnidentifiedImageError
 from trainable.cifar10 import load_cifar10, read_npz_images
 from trainable.config import DataConfig
 from trainable.download import DataError
+from trainable.files import IMAGE_SUFFIXES, is_image_name
 
-__all__ = ["DataError", "load_raw", "load_npz", "load_folder", "make_synthetic", "has_test_split"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-CIFAR10_SIZE = 32
 SYNTHETIC_CHUNK_PIXELS = 1 << 20  # pixels generated at once; bounds the float scratch memory
 SYNTHETIC_SHAPES = 4          # blobs / disks / squares drawn over each gradient
 SYNTHETIC_GRAY_EVERY = 8      # every 8th synthetic image is made gray, to exercise the gray filter
@@ -62,15 +59,15 @@ def _fit_square(file: Path, size: int) -> np.ndarray:
 
 
 def load_folder(path: str, size: int) -> np.ndarray:
-    """Every JPEG/PNG under path (recursive, sorted by path), as size×size center crops."""
+    """Every image file under path (recursive, sorted by path), as size×size center crops."""
     if not path:
-        raise DataError("data.path: empty; set it to a folder of JPEG/PNG images")
+        raise DataError("data.path: empty; set it to a folder of images")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (data.path for data.dataset=folder)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if is_image_name(p) and p.is_file())
     if not files:
-        raise DataError(f"{root}: holds no .jpg/.jpeg/.png images")
+        raise DataError(f"{root}: holds no images ({'/'.join(sorted(IMAGE_SUFFIXES))})")
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for index, file in enumerate(files):
         images[index] = _fit_square(file, size)

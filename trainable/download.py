@@ -6,12 +6,12 @@ matches, so an interrupted or corrupt download never leaves a file that looks co
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from trainable.files import replacing
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 30
@@ -35,6 +35,22 @@ def _stream(response, handle, digest, label: str, progress: bool) -> None:
         print(file=sys.stderr)
 
 
+def _fetch(url: str, temp: Path, dest: Path, progress: bool) -> str:
+    """Stream url into temp; the MD5 hex digest of what arrived."""
+    digest = hashlib.md5()
+    try:
+        with open(temp, "wb") as handle, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            _stream(response, handle, digest, dest.name, progress)
+    except urllib.error.HTTPError as err:
+        raise DataError(f"{dest}: cannot download {url}: the server answered HTTP {err.code} {err.reason}; "
+                        f"fetch that file elsewhere and put it at {dest}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise DataError(f"{dest}: cannot download {url} ({reason}); this machine seems offline: "
+                        f"fetch that file elsewhere and put it at {dest}") from None
+    return digest.hexdigest()
+
+
 def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
     """Download url to dest (a file path), check its MD5 and return dest.
 
@@ -43,30 +59,10 @@ def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
     """
     dest = Path(dest)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        with replacing(dest) as temp:
+            got = _fetch(url, temp, dest, progress)
+            if got != md5.lower():
+                raise DataError(f"{dest}: MD5 mismatch for {url}: got {got}, expected {md5}")
     except OSError as err:
         raise DataError(f"{dest.parent}: cannot write the download there ({err.strerror})") from None
-    temp = Path(temp_name)
-    digest = hashlib.md5()
-    try:
-        with os.fdopen(descriptor, "wb") as handle, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            _stream(response, handle, digest, dest.name, progress)
-    except urllib.error.HTTPError as err:
-        temp.unlink(missing_ok=True)
-        raise DataError(f"{dest}: cannot download {url}: the server answered HTTP {err.code} {err.reason}; "
-                        f"fetch that file elsewhere and put it at {dest}") from None
-    except (urllib.error.URLError, OSError) as err:
-        temp.unlink(missing_ok=True)
-        reason = getattr(err, "reason", None) or err
-        raise DataError(f"{dest}: cannot download {url} ({reason}); this machine seems offline: "
-                        f"fetch that file elsewhere and put it at {dest}") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    if digest.hexdigest() != md5.lower():
-        temp.unlink(missing_ok=True)
-        raise DataError(f"{dest}: MD5 mismatch for {url}: got {digest.hexdigest()}, expected {md5}")
-    temp.chmod(0o644)  # mkstemp makes 0600
-    temp.replace(dest)
     return dest

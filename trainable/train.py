@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from trainable.checkpoint import CheckpointError
 from trainable.config import CONTROL_NAMES, ConfigError, apply_overrides, load_config, parse_assignment
-from trainable.data import DataError
+from trainable.download import DataError
 from trainable.loop import run_training
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
