@@ -98,6 +98,15 @@ def test_unsafe_yaml_is_refused(tmp_path):
         load_spec(spec)
 
 
+def test_invalid_yaml_names_the_file_and_line(tmp_path):
+    spec = tmp_path / "typo.yaml"
+    spec.write_text("name: t\nspace:\n  loss.saturation.weight: {type: uniform, low: 1 high: 2}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert str(info.value).startswith(f"{spec}:3:") and "not valid YAML" in str(info.value)
+    assert "\n" not in str(info.value) and "<unicode string>" not in str(info.value)
+
+
 def test_incompatible_changes_are_named():
     old = resolved(parse_spec(GOOD))
     assert incompatibility(old, resolved(parse_spec(GOOD, ["time_budget=2h"]))) is None

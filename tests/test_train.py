@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 
 from conftest import TINY, tiny_config
 from trainable.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trainable.config import load_config, to_dict
 from trainable.train import build_parser, config_from_args, main
 
 SEED_FLAGS = ("--seed 100 --dataset cifar10 --dataset-path ./dataset/cifar10 --checkpoints-path ./checkpoints "
@@ -81,5 +84,22 @@ def test_module_entry_point_runs(tmp_path):
     assert "epoch 1/1" in done.stdout
 
 
-def test_tiny_config_is_valid():
-    assert tiny_config().model.width == 0.125
+def test_config_file_then_sets_then_flags(tmp_path):
+    """A YAML file is read first, --set overrides win over it, and a saved config reloads equal."""
+    saved = tiny_config("loss.saturation.weight=20", "loss.saturation.target=0.7")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(to_dict(saved)))
+    assert load_config(path) == saved
+    cfg = config_from_args(build_parser().parse_args([str(path), "--set", "train.epochs=5", "--l1-weight", "7"]))
+    assert cfg == replace(saved, train=replace(saved.train, epochs=5), loss=replace(saved.loss, l1_weight=7.0))
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  width: [0.25\ntrain: {}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}:3:") and "not valid YAML" in err[0], err
+    assert "<unicode string>" not in err[0]

@@ -292,8 +292,14 @@ def parse_assignment(text: str) -> tuple[str, object]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"{key.strip()}: cannot read value {raw!r}: {err}") from None
+        raise ConfigError(f"{key.strip()}: cannot read value {raw!r}: {yaml_problem(err)}") from None
     return key.strip(), value
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line, without its "<unicode string>" and source excerpt."""
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    return ": ".join(p for p in parts if p) or str(err).splitlines()[0]
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -304,7 +310,9 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

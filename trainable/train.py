@@ -90,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
-    except ConfigError as err:
-        parser.error(str(err))
+    except ConfigError as err:        # one line; the usage would bury it
+        parser.exit(2, f"error: {err}\n")
     try:
         run_training(cfg, args.checkpoints_path, progress=not args.no_progress)
     except (DataError, CheckpointError, ValueError) as err:
