@@ -130,6 +130,35 @@ def per_image_control_loss(fake_rgb: torch.Tensor, targets: Targets,
     return {"loss_control": total, **terms}
 
 
+class Conditioning:
+    """One trainer's conditioned statistics with its per-trial numbers on the device, and the two
+    things a training step asks of them: the batch's targets, and the generator's conditioned terms."""
+
+    def __init__(self, loss_cfg: LossConfig, device: torch.device | str):
+        self.names = tuple(loss_cfg.conditioned())
+        self.low, self.high, self.weights = range_tensors(loss_cfg, device)
+        self.own_fraction, self.drop = loss_cfg.condition.own_fraction, loss_cfg.condition.drop
+
+    def draw(self, real_lab: torch.Tensor, noise: torch.Tensor) -> tuple[Targets, Targets]:
+        """(requested targets, each image's own statistics with the same presence) for a batch of
+        normalized Lab and its (B, noise_width) uniforms."""
+        real_rgb = lab_normalized_to_rgb(real_lab.float())
+        stats = image_statistics(real_rgb, self.names)
+        real = torch.stack([stats[n] for n in self.names], 1)
+        targets = draw_targets(noise, real, self.names, self.low, self.high, self.own_fraction, self.drop)
+        return targets, Targets(self.names, real, targets.present, torch.ones_like(targets.own))
+
+    def generator_terms(self, fake_rgb: torch.Tensor, fake_ab: torch.Tensor, reference_ab: torch.Tensor,
+                        targets: Targets, l1_everywhere: bool) -> dict[str, torch.Tensor]:
+        """The per-image control loss and the L1 term: over the own-statistics images (where the
+        ground truth agrees with the target), or over every image when `reference_ab` is the
+        ground truth adjusted to each image's targets (`l1_everywhere`)."""
+        per_image = (fake_ab - reference_ab).abs().mean(dim=(1, 2, 3))
+        share = torch.ones_like(targets.own) if l1_everywhere else targets.own
+        l1 = (per_image * share).sum() / share.sum().clamp_min(1)
+        return {"loss_l1": l1, **per_image_control_loss(fake_rgb, targets, self.weights)}
+
+
 def control_grid(name: str, bounds: tuple[float, float]) -> tuple[float, ...]:
     """The evaluation targets of a conditioned statistic: GRID_POINTS across its range; a full hue
     circle gets HUE_GRID (0 and 1 are the same hue)."""
@@ -170,3 +199,21 @@ def grid_metrics(name: str, grid: Sequence[float], stats: torch.Tensor) -> dict[
         ordered = (stats[1:] > stats[:-1]).all(0)
     return {f"val_control_error_{name}": float(per_image.mean()), f"val_control_error_{name}_batch": float(batch.mean()),
             f"val_control_monotonic_{name}": float(ordered.float().mean())}
+
+
+def faithful_condition(real_lab: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+    """c of each image conditioned on its own statistics, all present (the faithful mode)."""
+    return condition_vector(own_targets(lab_normalized_to_rgb(real_lab.float()), names))
+
+
+def conditioned_metrics(colorize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
+                        loss_cfg: LossConfig, batch: int, fixed: Mapping[str, float]) -> dict[str, float]:
+    """The grid metrics of every conditioned statistic, and val_control_error as the mean of their
+    per-image errors and the `fixed` controlled statistics' errors ({name: error})."""
+    out: dict[str, float] = {}
+    for name, control in loss_cfg.conditioned().items():
+        grid = control_grid(name, control.range)
+        out.update(grid_metrics(name, grid, grid_statistics(colorize, images, name, grid, batch)))
+    errors = [out[f"val_control_error_{n}"] for n in loss_cfg.conditioned()] + list(fixed.values())
+    out["val_control_error"] = sum(errors) / len(errors)
+    return out
