@@ -1,18 +1,32 @@
-"""Live progress and the final summary of a sweep, drawn with rich from plain trial rows.
+"""Sweep progress in the terminal: one live table redrawn in place (rich Live) when stdout is a
+terminal; one plain line every PLAIN_EVERY_S when it is piped (no ANSI codes); the summary at the end.
 
-A row is {"trial": id, "status": str, "iteration": int, "node": ip, "metrics": {name: value}}.
-Several objectives have no single best: the summary shows the Pareto front of the last reports.
+A row is a plain dict made by the Ray adapter: {"trial", "status" (Tune's), "epoch" (epochs
+reported), "epochs", "config" (searched values), "metrics" (last report), "live" (the trial's
+`sweep.trial_progress` record or None), "error" (last line of a failed trial's error or None)}.
+The ETA is the epochs left (in-epoch progress counted) times the median measured epoch time, over
+the trials that run at once. Columns are dropped, never cut, to fit the terminal; objectives stay.
 """
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from collections.abc import Sequence
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from analysis.pareto import Objective, front_indices
 from sweep.spec import SweepSpec
+
+PLAIN_EVERY_S = 30.0
+BAR_CELLS = 10
+STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused", "TERMINATED": "done", "ERROR": "failed"}
+FINISHED = ("done", "stopped", "failed")
+ORDER = {"running": 0, "paused": 1, "pending": 2, "done": 3, "stopped": 4, "failed": 5}
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
@@ -25,30 +39,79 @@ def pareto_front(rows: Sequence[dict], objectives: Sequence[Objective]) -> list[
 
 
 def _number(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
-def trial_table(rows: Sequence[dict], spec: SweepSpec, title: str) -> Table:
-    """One line per trial: status, progress, searched values, objectives."""
-    table = Table(title=title, title_justify="left")
-    for column in ("trial", "status", "iter", "epoch", "node"):
-        table.add_column(column)
-    searched = list(spec.space)
-    for key in searched:
-        table.add_column(key.removeprefix("loss."), justify="right")
-    for objective in spec.objectives:
-        table.add_column(f"{objective.metric} {'↓' if objective.mode == 'min' else '↑'}", justify="right")
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def state_of(row: dict) -> str:
+    """Tune's status in a word; a trial that ended before its last epoch was stopped (by ASHA)."""
+    state = STATES.get(row["status"], row["status"].lower())
+    return "stopped" if state == "done" and row["epoch"] < row["epochs"] else state
+
+
+def _in_epoch(row: dict) -> float:
+    """Share of the epoch in progress already trained (0 when none is known)."""
+    live = row.get("live")
+    if state_of(row) != "running" or not live or live["epoch"] != row["epoch"] + 1 or not live["steps"]:
+        return 0.0
+    return live["step"] / live["steps"]
+
+
+def epoch_seconds(rows: Sequence[dict], report_every: int, now: float) -> float | None:
+    """Median measured time of one epoch: whole epochs timed by the trials, else reports' times,
+    else the running epochs projected from their progress."""
+    whole = [r["live"]["epoch_seconds"] for r in rows if r.get("live") and r["live"].get("epoch_seconds")]
+    reports = [r["metrics"]["time_this_iter_s"] / report_every for r in rows if "time_this_iter_s" in r["metrics"]]
+    partial = [(now - r["live"]["epoch_started"]) / _in_epoch(r) for r in rows if _in_epoch(r) > 0]
+    for measured in (whole, reports, partial):
+        if measured:
+            return statistics.median(measured)
+    return None
+
+
+def eta_seconds(rows: Sequence[dict], spec: SweepSpec, now: float) -> float | None:
+    per_epoch = epoch_seconds(rows, spec.report_every, now)
+    if per_epoch is None:
+        return None
+    open_rows = [r for r in rows if state_of(r) not in FINISHED]
+    unseen = max(0, spec.num_samples - len(rows))
+    epochs_left = sum(max(0.0, r["epochs"] - r["epoch"] - _in_epoch(r)) for r in open_rows)
+    epochs_left += unseen * spec.config.train.epochs
+    at_once = max(1, min(spec.max_concurrent, len(open_rows) + unseen))
+    return epochs_left * per_epoch / at_once
+
+
+def _counts(rows: Sequence[dict]) -> dict[str, int]:
+    counts = {state: 0 for state in ORDER}
     for row in rows:
-        metrics = row["metrics"]
-        table.add_row(row["trial"], row["status"], str(row["iteration"]), _number(metrics.get("epoch")),
-                      row["node"], *(_number(row["config"].get(k)) for k in searched),
-                      *(_number(metrics.get(o.metric)) for o in spec.objectives))
-    return table
+        counts[state_of(row)] = counts.get(state_of(row), 0) + 1
+    return counts
 
 
-def best_line(rows: Sequence[dict], spec: SweepSpec) -> str:
+def headline(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: float) -> str:
+    counts = _counts(rows)
+    ended = counts["done"] + counts["stopped"] + counts["failed"]
+    eta = eta_seconds(rows, spec, now)
+    bound = "<=" if spec.scheduler == "asha" else "~"
+    parts = [f"{spec.name}: {ended}/{spec.num_samples} trials ended", f"{counts['running']} running"]
+    parts += [f"{counts[s]} {s}" for s in ("stopped", "failed") if counts[s]]
+    parts += [f"elapsed {clock(elapsed_s)}", f"ETA {bound}{clock(eta)}" if eta is not None else "ETA -"]
+    return ", ".join(parts)
+
+
+def best_line(rows: Sequence[dict], objectives: Sequence[Objective]) -> str:
     parts = []
-    for objective in spec.objectives:
+    for objective in objectives:
         scored = [r for r in rows if objective.metric in r["metrics"]]
         if scored:
             pick = min if objective.mode == "min" else max
@@ -57,19 +120,142 @@ def best_line(rows: Sequence[dict], spec: SweepSpec) -> str:
     return "best so far: " + ("; ".join(parts) if parts else "no reports yet")
 
 
-def show_progress(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float) -> None:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(trial_table(rows, spec, f"{spec.name}: {elapsed_s:.0f}s, {status}"))
-    console.print(best_line(rows, spec))
+def _bar(row: dict) -> str:
+    share = _in_epoch(row)
+    if state_of(row) != "running":
+        return ""
+    full = int(share * BAR_CELLS)
+    return "#" * full + "." * (BAR_CELLS - full) + f" {100 * share:3.0f}%"
+
+
+def _short(key: str) -> str:
+    """loss.saturation.weight → λ saturation, loss.saturation.target → σ saturation."""
+    parts = key.split(".")
+    symbols = {"weight": "λ", "target": "σ"}
+    if len(parts) == 3 and parts[0] == "loss" and parts[2] in symbols:
+        return f"{symbols[parts[2]]} {parts[1]}"
+    return parts[-1]
+
+
+def _columns(rows: Sequence[dict], spec: SweepSpec, live: bool) -> list[tuple[str, list[str], bool]]:
+    """(header, cells, kept-at-any-width) per column, in display order."""
+    columns = [("trial", [r["trial"] for r in rows], True),
+               ("state", [state_of(r) for r in rows], False),
+               ("epoch", [f"{r['epoch']}/{r['epochs']}" for r in rows], False)]
+    if live:
+        columns.append(("in epoch", [_bar(r) for r in rows], False))
+    columns += [(_short(key), [_number(r["config"].get(key)) for r in rows], False) for key in spec.space]
+    columns += [(o.label.removeprefix("val_"), [_number(r["metrics"].get(o.metric)) for r in rows], True)
+                for o in spec.objectives]
+    return columns
+
+
+def _fitted(columns: list, width: int) -> list:
+    """Drop columns (the bar first, then the searched values from the right, then state and epoch)
+    until the table fits `width`; the trial and the objectives always stay, uncut."""
+    drop_order = [c[0] for c in columns if c[0] == "in epoch"]
+    drop_order += [c[0] for c in reversed(columns) if not c[2] and c[0] not in ("in epoch", "state", "epoch")]
+    drop_order += ["state", "epoch"]
+
+    def total(cols) -> int:
+        return sum(max(len(h), *(len(c) for c in cells)) if cells else len(h) for h, cells, _ in cols) \
+            + 2 * (len(cols) - 1)
+    for name in drop_order:
+        if total(columns) <= width:
+            break
+        columns = [c for c in columns if c[0] != name]
+    return columns
+
+
+def trial_table(rows: Sequence[dict], spec: SweepSpec, width: int, live: bool = False,
+                title: str | None = None) -> Table:
+    """One line per trial, its columns fitted to width."""
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
+    columns = _fitted(_columns(rows, spec, live), width)
+    for header, cells, _ in columns:
+        numeric = header not in ("trial", "state", "epoch", "in epoch")
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=True,
+                         min_width=max([len(header), *(len(c) for c in cells)]))
+    for index in range(len(rows)):
+        table.add_row(*(cells[index] for _, cells, _ in columns))
+    return table
+
+
+def ordered(rows: Sequence[dict], objectives: Sequence[Objective]) -> list[dict]:
+    """Running trials first, then waiting ones, then ended ones by the first objective."""
+    first = objectives[0]
+    sign = 1 if first.mode == "min" else -1
+
+    def key(row):
+        value = row["metrics"].get(first.metric)
+        return ORDER.get(state_of(row), 9), sign * value if isinstance(value, (int, float)) else float("inf"), row["trial"]
+    return sorted(rows, key=key)
+
+
+def plain_line(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: float) -> str:
+    running = [f"{r['trial']} {r['epoch'] + _in_epoch(r):.1f}/{r['epochs']}" for r in rows
+               if state_of(r) == "running"]
+    text = f"[{clock(elapsed_s)}] {headline(rows, spec, elapsed_s, now).split(': ', 1)[1]}"
+    if running:
+        text += f" | epochs: {', '.join(running)}"
+    return f"{text} | {best_line(rows, spec.objectives)}"
+
+
+class SweepDisplay:
+    """The live table on a terminal, plain periodic lines otherwise; `event` prints one line above."""
+
+    def __init__(self, spec: SweepSpec, out: Console | None = None):
+        self.spec = spec
+        self.console = out or console
+        self.live = self.console.is_terminal
+        self._started = time.monotonic()
+        self._printed = self._started
+        self._live: Live | None = None
+
+    def _render(self, rows: Sequence[dict], now: float):
+        height = max(5, self.console.size.height - 4)
+        shown = ordered(rows, self.spec.objectives)
+        more = len(shown) - height
+        table = trial_table(shown[:height] if more > 0 else shown, self.spec, self.console.size.width, live=True)
+        lines = [Text(headline(rows, self.spec, time.monotonic() - self._started, now)), table]
+        if more > 0:
+            lines.append(Text(f"… and {more} more"))
+        lines.append(Text(best_line(rows, self.spec.objectives)))
+        return Group(*lines)
+
+    def update(self, rows: Sequence[dict]) -> None:
+        now, elapsed = time.time(), time.monotonic() - self._started
+        if self.live:
+            if self._live is None:
+                self._live = Live(console=self.console, refresh_per_second=2, transient=True,
+                                  redirect_stdout=True, redirect_stderr=True)
+                self._live.start()
+            self._live.update(self._render(rows, now))
+        elif time.monotonic() - self._printed >= PLAIN_EVERY_S:
+            self._printed = time.monotonic()
+            print(plain_line(rows, self.spec, elapsed, now), flush=True)
+
+    def event(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(Text(text))
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
 
 def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking_uri: str, outcome: str) -> None:
     front = pareto_front(rows, spec.objectives)
     label = "best trials (Pareto front)" if len(spec.objectives) > 1 else "best trial"
-    console.print(trial_table(front[:10] if len(spec.objectives) > 1 else front[:1], spec, label))
-    console.print(outcome)
-    console.print(f"results:  {sweep_dir}")
-    console.print(f"MLflow:   experiment '{spec.name}' — see it with: mlflow ui --backend-store-uri {tracking_uri}")
+    if front:
+        shown = front[:10] if len(spec.objectives) > 1 else front[:1]
+        console.print(trial_table(shown, spec, console.size.width, title=label))
+    for row in rows:
+        if row.get("error"):
+            console.print(Text(f"trial {row['trial']} failed: {row['error']}"))
+    console.print(Text(outcome))
+    console.print(Text(f"results:  {sweep_dir}"))
+    console.print(Text(f"MLflow:   experiment '{spec.name}' — see it with: mlflow ui --backend-store-uri {tracking_uri}"))

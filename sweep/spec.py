@@ -3,18 +3,22 @@
 A spec names the sweep, its base training config (nested `config:` plus dotted `overrides:`), the
 search `space` over dotted config keys, the `objectives`, the Optuna `sampler`, an optional ASHA
 `scheduler`, and the sweep's size and pacing. Every error is a `SpecError` whose message starts with
-the offending key. No Ray, Optuna or MLflow here: `sweep/ray_adapter.py` turns the spec into those.
+the offending key. Path keys (`data.path`) are made absolute against the folder the command was
+run from, once, here in the driver. No Ray, Optuna or MLflow here: `sweep/ray_adapter.py` turns the
+spec into those.
 """
 from __future__ import annotations
 
+import copy
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.pareto import DEFAULT_OBJECTIVES, MODES, Objective
-from trainable.config import (Config, ConfigError, apply_overrides, from_dict, parse_assignment,
+from trainable.config import (Config, ConfigError, apply_overrides, flatten, from_dict, parse_assignment,
                               read_yaml, to_dict)
 from trainable.names import SHARED_KEYS, metric_names
 from sweep.space import (Distribution, SpecError, check_mapping, config_error_to_spec, distribution_dict,
@@ -25,6 +29,9 @@ TOP_KEYS = ("name", "config", "overrides", "space", "objectives", "sampler", "sc
 SAMPLERS = ("tpe", "nsga2", "cmaes", "random", "grid")
 SCHEDULERS = ("none", "asha")
 MAX_CONCURRENT_DEFAULT = 10
+# Config keys holding a path: resolved once, in the driver, against the folder the command was run
+# from (a Ray trial runs in a folder of its own, where a relative path means something else).
+PATH_KEYS = ("data.path",)
 # Changing these between runs of one sweep is allowed; every other difference is refused.
 RESUMABLE_CHANGES = ("time_budget",)
 
@@ -157,8 +164,36 @@ def _set_override(raw: dict, assignment: str) -> None:
         raw["overrides"] = {**(raw.get("overrides") or {}), key: value}
 
 
-def parse_spec(raw: Mapping, sets: Sequence[str] = ()) -> SweepSpec:
-    """Check and resolve a spec from plain data plus `--set` assignments."""
+def absolute_path(value: object, base: Path) -> object:
+    """A non-empty relative path as an absolute one under base (`~` expanded); anything else as is."""
+    if not isinstance(value, str) or not value:
+        return value
+    return os.path.normpath(Path(base, Path(value).expanduser()))
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    values = flatten(to_dict(config))
+    return apply_overrides(config, {key: absolute_path(values[key], base) for key in PATH_KEYS})
+
+
+def with_resolved_paths(saved: Mapping, base: Path | None = None) -> dict:
+    """A saved resolved spec with its path keys made absolute, so a sweep saved with a relative
+    `data.path` compares equal to the same spec resolved today and resumes."""
+    base = Path.cwd() if base is None else base
+    out = {**saved, "config": copy.deepcopy(saved.get("config") or {})}
+    for key in PATH_KEYS:
+        *sections, leaf = key.split(".")
+        node = out["config"]
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = absolute_path(node[leaf], base)
+    return out
+
+
+def parse_spec(raw: Mapping, sets: Sequence[str] = (), base: Path | None = None) -> SweepSpec:
+    """Check and resolve a spec from plain data plus `--set` assignments; relative paths are made
+    absolute against base (default: the current folder)."""
     raw = dict(raw)
     for assignment in sets:
         _set_override(raw, assignment)
@@ -167,8 +202,8 @@ def parse_spec(raw: Mapping, sets: Sequence[str] = ()) -> SweepSpec:
     name = raw.get("name")
     need("name", isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name or "") is not None,
           "expected a folder-safe name (letters, digits, _ . -)")
-    base = _base_config(raw)
-    space, config = parse_space(raw.get("space"), base)
+    base_config = _resolve_paths(_base_config(raw), Path.cwd() if base is None else base)
+    space, config = parse_space(raw.get("space"), base_config)
     objectives = _objectives(raw.get("objectives"), probe_config(config, space))
     sampler, seed = _sampler(raw.get("sampler"), space, objectives)
     scheduler, grace_period = _scheduler(raw.get("scheduler"))

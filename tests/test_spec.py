@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from sweep.launch import main
-from sweep.spec import SpecError, incompatibility, load_spec, parse_duration, parse_spec, resolved
+from sweep.spec import (SpecError, incompatibility, load_spec, parse_duration, parse_spec, resolved,
+                        with_resolved_paths)
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 GOOD = {
@@ -112,6 +113,29 @@ def test_incompatible_changes_are_named():
     assert incompatibility(old, resolved(parse_spec(GOOD, ["time_budget=2h"]))) is None
     changed = incompatibility(old, resolved(parse_spec(GOOD, ["model.width=0.5"])))
     assert changed.startswith("config.model.width was 0.125, now 0.5")
+
+
+def test_relative_paths_resolve_against_the_launch_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from_yaml = parse_spec(with_changes(config={"data": {"dataset": "npz", "path": "data/x.npz"}}))
+    assert from_yaml.config.data.path == str(tmp_path / "data" / "x.npz")
+    from_set = parse_spec(GOOD, ["data.path=./dataset/../cifar"])
+    assert from_set.config.data.path == str(tmp_path / "cifar")
+    assert parse_spec(GOOD, ["data.path=/abs/cifar"]).config.data.path == "/abs/cifar"
+    assert parse_spec(GOOD).config.data.path == ""
+    assert parse_spec(GOOD, ["data.path=x"], base=tmp_path / "elsewhere").config.data.path == \
+        str(tmp_path / "elsewhere" / "x")
+
+
+def test_a_saved_relative_path_still_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    current = resolved(parse_spec(GOOD, ["data.path=./dataset/cifar10"]))
+    saved = yaml.safe_load(yaml.safe_dump(current))
+    saved["config"]["data"]["path"] = "./dataset/cifar10"          # as sweeps saved it before
+    assert incompatibility(saved, current).startswith("config.data.path was './dataset/cifar10'")
+    assert incompatibility(with_resolved_paths(saved), current) is None
+    saved["config"]["data"]["path"] = "./other"
+    assert incompatibility(with_resolved_paths(saved), current).startswith("config.data.path was")
 
 
 @pytest.mark.integration
