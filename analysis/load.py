@@ -2,22 +2,21 @@
 metrics, searched parameters and checkpoint, plus each trial's learning curve.
 
 Ray Tune's `ExperimentAnalysis` reads the experiment files; this module only shapes its answer.
-The same `Sweep` comes from an MLflow experiment through `analysis.tracking.load_mlflow_sweep`.
+The same `Sweep` comes from an MLflow experiment through `analysis.tracking.load_mlflow_sweep`;
+`open_sweep` takes either.
 """
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.pareto import DEFAULT_OBJECTIVES, Objective
-from trainable.config import ConfigError, flatten, read_yaml
-
-SPEC_FILE = "colorsweep_spec.yaml"
-STATE_FILE = "colorsweep_state.json"
+from analysis.pareto import DEFAULT_OBJECTIVES, Objective, parse_objective
+from trainable.config import ConfigError, flatten
+from trainable.layout import SweepState, read_spec, read_state
 EARLY_STOPPED = "EARLY_STOPPED"
 METRIC_PREFIXES = ("val_", "loss_", "test_")
 KEPT_RESULT_KEYS = ("epoch", "training_iteration", "time_total_s")
@@ -38,23 +37,18 @@ class Sweep:
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)
     path: Path | None = None
     spec: dict = field(default_factory=dict)
-    state: dict = field(default_factory=dict)
+    state: SweepState | None = None
 
     def metrics(self) -> list[str]:
         return [c for c in self.table.columns if c.startswith(METRIC_PREFIXES)]
 
 
-def read_sidecars(path: Path) -> tuple[dict, dict]:
-    """The resolved spec and the launch state written beside the Ray experiment ({} when absent)."""
-    spec, state = {}, {}
-    if (path / SPEC_FILE).exists():
-        try:
-            spec = read_yaml(path / SPEC_FILE)
-        except ConfigError as err:
-            raise SweepError(str(err)) from None
-    if (path / STATE_FILE).exists():
-        state = json.loads((path / STATE_FILE).read_text())
-    return spec, state
+def read_sidecars(path: Path) -> tuple[dict, SweepState | None]:
+    """The resolved spec ({} when absent) and the launch state written beside the Ray experiment."""
+    try:
+        return read_spec(path) or {}, read_state(path)
+    except ConfigError as err:
+        raise SweepError(str(err)) from None
 
 
 def spec_objectives(spec: Mapping) -> tuple[Objective, ...]:
@@ -94,16 +88,13 @@ def _error_line(trial: object) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _trial_row(analysis: object, trial: object) -> dict:
+def _trial_row(trial: object) -> dict:
     result = trial.last_result or {}
     row = {"trial_id": trial.trial_id, "status": trial.status,
            "iterations": int(result.get("training_iteration", 0) or 0),
            "error": _error_line(trial), "path": str(trial.storage.trial_fs_path)}
-    try:
-        checkpoint = analysis.get_last_checkpoint(trial)
-    except (ValueError, RuntimeError):
-        checkpoint = None
-    row["checkpoint"] = checkpoint.path if checkpoint is not None else ""
+    # trial.checkpoint, not analysis.get_last_checkpoint: that logs an ERROR per trial without one
+    row["checkpoint"] = trial.checkpoint.path if trial.checkpoint is not None else ""
     row.update({k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) or k in KEPT_RESULT_KEYS})
     return row
 
@@ -115,15 +106,29 @@ def load_sweep(path: str | Path, objectives: Sequence[Objective] | None = None) 
         raise SweepError(f"{path}: no such sweep folder")
     spec, state = read_sidecars(path)
     from ray.tune import ExperimentAnalysis  # Ray only where Tune results are read
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)   # a trial without results yet is no warning
     try:
         analysis = ExperimentAnalysis(str(path.resolve()))
+        curves = {tid: df for tid, df in analysis.trial_dataframes.items() if not df.empty}
     except ValueError:
         raise SweepError(f"{path}: not a Ray Tune experiment folder (no experiment_state-*.json)") from None
-    rows = [_trial_row(analysis, t) for t in analysis.trials]
+    finally:
+        quiet.setLevel(level)
+    rows = [_trial_row(t) for t in analysis.trials]
     configs = pd.DataFrame([flatten(t.config) for t in analysis.trials])
     params = spec_params(spec) or varying_params(configs)
     table = pd.concat([pd.DataFrame(rows), configs[[p for p in params if p in configs]]], axis=1)
-    curves = {tid: df for tid, df in analysis.trial_dataframes.items() if not df.empty}
     return Sweep(name=spec.get("name") or path.name, table=mark_early_stopped(table), params=params,
                  objectives=tuple(objectives or spec_objectives(spec)), curves=curves, path=path,
                  spec=spec, state=state)
+
+
+def open_sweep(ref: str, objectives: Sequence[str] | None = None, tracking_uri: str | None = None) -> Sweep:
+    """A sweep folder, or `mlflow:EXPERIMENT` for a sweep read from its MLflow experiment."""
+    parsed = [parse_objective(o) for o in objectives] if objectives else None
+    if ref.startswith("mlflow:"):
+        from analysis.tracking import load_mlflow_sweep   # MLflow only when a sweep is read from it
+        return load_mlflow_sweep(ref.removeprefix("mlflow:"), tracking_uri, parsed)
+    return load_sweep(Path(ref), parsed)

@@ -113,3 +113,16 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
     ranked = table[table["rank"].notna()].sort_values("rank")
     unranked = table[table["rank"].isna()].sort_values(["status", "trial_id"])
     return pd.concat([ranked, unranked]).reset_index(drop=True)
+
+
+def best_values(table: pd.DataFrame, objectives: Sequence[Objective]) -> dict[str, float]:
+    """best_<metric> over the trials' last reports, and how many trials finished."""
+    best = {f"best_{o.metric}": (table[o.metric].min() if o.mode == "min" else table[o.metric].max())
+            for o in objectives}
+    return {**best, "trials_ranked": float(table["rank"].notna().sum())}
+
+
+def front_table(table: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    front = table[table["pareto"]]
+    params = [c for c in table.columns if "." in c]        # searched keys are dotted config keys
+    return front[["rank", "trial_id", "run_id", *(o.metric for o in objectives), *params]].astype(str)

@@ -15,7 +15,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from analysis.load import Sweep, SweepError
+from analysis.load import Sweep, SweepError, open_sweep
 from analysis.pareto import rank_table
 
 SHOWN_METRICS = ("val_colorfulness_ratio", "val_pixel_acc_5", "val_psnr")
@@ -100,7 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top is not None and args.top < 1:
         parser.error("--top must be >= 1")
-    from analysis.tracking import open_sweep  # MLflow is imported only when a sweep is opened
     try:
         sweep = open_sweep(args.sweep, args.objective, args.mlflow_uri)
         table = ranked(sweep)

@@ -20,9 +20,9 @@ import pandas as pd
 from analysis import plots
 from analysis.gallery import gallery_for
 from analysis.importance import build_study, common_epoch_rows, importance_summary, param_importances
-from analysis.load import Sweep, SweepError
+from analysis.load import Sweep, SweepError, open_sweep
 from analysis.rank import cell, columns_shown, param_label, ranked
-from analysis.tracking import log_report, open_sweep
+from analysis.tracking import log_report
 
 RANK_RULE = ("Rank: finished trials only; first by Pareto layer (non-dominated sorting over the "
              "objectives, 1 = front), then by the mean of the per-objective min–max normalized "
@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default=None, help="HTML file (default: SWEEP/report.html)")
     parser.add_argument("--top", type=int, default=4, help="trials in the curves and the image grid")
     parser.add_argument("--images", type=int, default=8, help="validation images in the grid")
-    parser.add_argument("--objective", action="append", default=None, metavar="METRIC[:min|max]")
+    parser.add_argument("--objective", action="append", default=None, metavar="METRIC[:min|max]",
+                        help="objective (repeatable); default: the sweep spec's objectives")
     parser.add_argument("--mlflow-uri", default=None, help="tracking URI for mlflow:EXPERIMENT")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     return parser

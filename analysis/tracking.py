@@ -1,11 +1,18 @@
-"""Every MLflow call of analysis/ and the final run: read a sweep's table from its MLflow
-experiment, attach the report to the sweep's parent run, and keep the final run's own run.
+"""Every MLflow call of colorsweep, for the sweep, the final run and the analysis alike.
 
-MlflowClient with explicit run ids (no fluent active run), so a resumed final run finds its run.
+A sweep is one experiment (tagged as model training, so MLflow 3 opens its runs view) holding a
+parent run (colorsweep.role=sweep), one child run per trial (tags trial_id, colorsweep.role=trial)
+and the final run (colorsweep.role=final, final=true). Only the driver writes (one writer: no
+sqlite locking). Writes go in batches of MLflow's limit and skip steps a run already holds, so a
+resumed sweep or final run finds its run again (by tag or id) and logs each epoch once.
+MlflowClient with explicit run ids, no fluent active run. Nothing here knows Ray.
 """
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,37 +21,191 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from analysis.load import Sweep, SweepError, load_sweep, mark_early_stopped, varying_params
-from analysis.pareto import DEFAULT_OBJECTIVES, Objective, parse_objective
+from analysis.load import Sweep, SweepError, mark_early_stopped, varying_params
+from analysis.pareto import DEFAULT_OBJECTIVES, Objective, best_values, front_table, rank_table
+from analysis.store import ensure_store, existing_store, resolve_tracking_uri
+from trainable.layout import SweepState
 
+ROLE = "colorsweep.role"              # sweep | trial | final
+TRIAL_ID = "trial_id"
+PARENT = "mlflow.parentRunId"
+LOST = "colorsweep.lost"              # runs of trials a crash lost before Tune saved them
+SWEEP, SWEEP_PATH = "colorsweep.sweep", "colorsweep.sweep_path"
+FINAL_TRIAL, FINAL_RANK, FINAL_SOURCE = "colorsweep.trial_id", "colorsweep.trial_rank", "colorsweep.trial_run_id"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 UI: runs, not traces
+STEP_METRIC = "epoch"                 # every report carries it; its history says which steps are logged
+BATCH = 100                           # MLflow's limit of params / metrics per log_batch call
+PARETO_TABLE = "pareto_front.json"
 STATUS_FROM_MLFLOW = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "KILLED",
                       "RUNNING": "RUNNING", "SCHEDULED": "PENDING"}
-TRIAL_RUNS = "tags.`colorsweep.role` = 'trial'"
-LOST_TAG = "colorsweep.lost"  # trial runs of a resumed sweep that Tune no longer knows
-BATCH = 100  # MLflow's limit of params / metrics per log_batch call
+# Tune's bookkeeping fields that are not worth a metric series.
+SKIPPED_RESULT_KEYS = frozenset({"timestamp", "pid", "done", "time_since_restore", "trial_id",
+                                 "iterations_since_restore", "should_checkpoint", "date", "hostname",
+                                 "node_ip", "checkpoint_dir_name"})
 
 
-def client_for(state: Mapping) -> MlflowClient:
-    """A client on the sweep's tracking store (MLflow's default when the state names none)."""
-    return MlflowClient(tracking_uri=state.get("tracking_uri") or None)
+def metrics_of(result: Mapping) -> dict[str, float]:
+    """The finite numbers of a report worth logging."""
+    return {key: float(value) for key, value in result.items()
+            if key not in SKIPPED_RESULT_KEYS and isinstance(value, (int, float))
+            and not isinstance(value, bool) and math.isfinite(value)}
 
 
-def parent_run_id(state: Mapping) -> str | None:
-    return state.get("parent_run_id") or None
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
+    items = [Param(key, str(value)[:6000]) for key, value in sorted(params.items())]
+    for start in range(0, len(items), BATCH):
+        client.log_batch(run_id, params=items[start:start + BATCH])
 
 
-def experiment_name(state: Mapping, fallback: str) -> str:
-    return state.get("experiment_name") or fallback
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping, step: int,
+                tags: Mapping[str, str] | None = None) -> None:
+    now = int(time.time() * 1000)
+    items = [Metric(key, value, now, step) for key, value in metrics_of(metrics).items()]
+    run_tags = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    for start in range(0, max(len(items), 1), BATCH):
+        client.log_batch(run_id, metrics=items[start:start + BATCH], tags=run_tags if start == 0 else [])
 
 
-def trial_run_id(state: Mapping, sweep_name: str, trial_id: str) -> str | None:
-    """The MLflow run of one trial of the sweep, when the store has it."""
-    client = client_for(state)
-    found = client.get_experiment_by_name(experiment_name(state, sweep_name))
-    if found is None:
-        return None
-    runs = client.search_runs([found.experiment_id], f"{TRIAL_RUNS} and tags.trial_id = '{trial_id}'")
-    return runs[0].info.run_id if runs else None
+def logged_steps(client: MlflowClient, run_id: str, key: str = STEP_METRIC) -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, key)}
+
+
+def log_file(client: MlflowClient, run_id: str, path: str | os.PathLike, artifact_path: str | None,
+             name: str | None = None) -> None:
+    """Log one file, under `name` when given (a copy, so the name is ours, not the source's)."""
+    if name is None:
+        client.log_artifact(run_id, str(path), artifact_path)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copyfile(path, Path(folder, name))
+        client.log_artifact(run_id, str(Path(folder, name)), artifact_path)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """Find or create the experiment; either way it is marked as a model-training experiment."""
+    found = client.get_experiment_by_name(name)
+    found_id = found.experiment_id if found else client.create_experiment(name, tags=EXPERIMENT_KIND)
+    if found and found.tags.get("mlflow.experimentKind") is None:
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(found_id, key, value)
+    return found_id
+
+
+def move_experiment_aside(tracking_uri: str, name: str, new_name: str) -> bool:
+    """Rename the experiment of a sweep started over with --fresh; True when there was one."""
+    if existing_store(tracking_uri) is None:
+        return False
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        client.rename_experiment(experiment.experiment_id, new_name)
+    return experiment is not None
+
+
+def start_sweep_run(tracking_uri: str, name: str, parent_run_id: str | None) -> tuple[str, str]:
+    """Create the store (atomically) when new, then find or create the sweep's experiment and
+    parent run → (experiment_id, parent_run_id)."""
+    ensure_store(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment = experiment_id(client, name)
+    if parent_run_id:
+        try:
+            run = client.get_run(parent_run_id)
+            if run.info.experiment_id == experiment:
+                client.update_run(parent_run_id, status="RUNNING")
+                return experiment, parent_run_id
+        except Exception:  # the store was replaced: start a new parent run below
+            pass
+    run = client.create_run(experiment, run_name=name, tags={ROLE: "sweep"})
+    return experiment, run.info.run_id
+
+
+def trial_runs(client: MlflowClient, experiment: str, extra: str = "") -> list:
+    query = f"tags.`{ROLE}` = 'trial'{extra}"
+    return client.search_runs([experiment], filter_string=query, max_results=10000)
+
+
+class SweepTracker:
+    """Logs trials of one sweep under its parent run. Picklable (Tune stores its callbacks)."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}          # trial_id → run_id
+        self._last_step: dict[str, float] = {}   # trial_id → last logged step
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None, "_runs": {}, "_last_step": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _trial_runs(self, extra: str = "") -> list:
+        return trial_runs(self.client, self.experiment_id, f" and tags.`{PARENT}` = '{self.parent_run_id}'{extra}")
+
+    def archive_lost_trials(self, known_trial_ids: set[str]) -> int:
+        """Delete (soft: MLflow keeps them as 'deleted') runs of trials that a crash lost before
+        Tune saved them; Tune starts their replacements as new trials."""
+        lost = [r for r in self._trial_runs() if r.data.tags.get(TRIAL_ID) not in known_trial_ids]
+        for run in lost:
+            self.client.set_tag(run.info.run_id, LOST, "true")
+            self.client.delete_run(run.info.run_id)
+        return len(lost)
+
+    def trial_run(self, trial_id: str, name: str, params: Mapping[str, object]) -> str:
+        """The trial's run: found by tag after a resume, else created with its params."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self._trial_runs(f" and tags.`{TRIAL_ID}` = '{trial_id}'")
+        if found:
+            run_id = found[0].info.run_id
+            self._last_step[trial_id] = max(logged_steps(self.client, run_id), default=-1)
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            tags = {TRIAL_ID: trial_id, ROLE: "trial", PARENT: self.parent_run_id}
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+            log_params(self.client, run_id, params)
+            self._last_step[trial_id] = -1
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def log_result(self, trial_id: str, result: Mapping, step: int, tags: Mapping[str, str]) -> bool:
+        """Log one report's metrics at `step` unless that step is already logged."""
+        if step <= self._last_step[trial_id]:
+            return False
+        log_metrics(self.client, self._runs[trial_id], result, step, tags)
+        self._last_step[trial_id] = step
+        return True
+
+    def log_file(self, trial_id: str, path: str | os.PathLike, artifact_path: str, name: str) -> None:
+        log_file(self.client, self._runs[trial_id], path, artifact_path, name)
+
+    def end_trial(self, trial_id: str, status: str) -> None:
+        if trial_id in self._runs:
+            self.client.set_terminated(self._runs[trial_id], status)
+
+    def end_sweep(self, finished: bool, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES) -> None:
+        """Close the parent run with the sweep's best values and Pareto front on it, so the
+        experiment page shows them without expanding the trials."""
+        name = self.client.get_experiment(self.experiment_id).name
+        try:
+            table = rank_table(load_mlflow_sweep(name, self.tracking_uri, objectives).table, objectives)
+        except (SweepError, KeyError):    # no trial reported every objective yet
+            table = None
+        if table is not None:
+            log_metrics(self.client, self.parent_run_id, best_values(table, objectives), 0)
+            self.client.log_table(self.parent_run_id, front_table(table, objectives), PARETO_TABLE)
+        self.client.set_terminated(self.parent_run_id, "FINISHED" if finished else "KILLED")
+
+
+def client_for(state: SweepState | None) -> MlflowClient:
+    """A client on the sweep's tracking store (MLflow's default when the sweep names none)."""
+    return MlflowClient(tracking_uri=state.tracking_uri if state else None)
 
 
 def _history_frame(client: MlflowClient, run_id: str, metrics: Sequence[str]) -> pd.DataFrame:
@@ -53,30 +214,30 @@ def _history_frame(client: MlflowClient, run_id: str, metrics: Sequence[str]) ->
         history = client.get_metric_history(run_id, key)
         columns[key] = pd.Series({m.step: m.value for m in history}, dtype=float)
     frame = pd.DataFrame(columns).sort_index()
-    if "epoch" not in frame:  # the step is the epoch (sweep/tracking.py)
-        frame.insert(0, "epoch", frame.index)
+    if STEP_METRIC not in frame:  # the step is the epoch
+        frame.insert(0, STEP_METRIC, frame.index)
     return frame.reset_index(drop=True)
 
 
 def load_mlflow_sweep(experiment: str, tracking_uri: str | None = None,
                       objectives: Sequence[Objective] | None = None) -> Sweep:
-    """The same table as `load_sweep`, from the trial runs (tagged trial_id) of an experiment."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    """The same table as `analysis.load.load_sweep`, from the trial runs of an experiment."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if existing_store(uri) is None:
+        raise SweepError(f"no MLflow store at {uri}")
+    client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise SweepError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
-    runs = [r for r in client.search_runs([found.experiment_id], filter_string=TRIAL_RUNS)
-            if r.data.tags.get(LOST_TAG) != "true"]
+        raise SweepError(f"no MLflow experiment named {experiment!r} at {uri}")
+    runs = [r for r in trial_runs(client, found.experiment_id) if r.data.tags.get(LOST) != "true"]
     if not runs:
-        raise SweepError(f"MLflow experiment {experiment!r} holds no trial runs (tag trial_id)")
-    objectives = tuple(objectives or DEFAULT_OBJECTIVES)
+        raise SweepError(f"MLflow experiment {experiment!r} holds no trial runs (tag {TRIAL_ID})")
     rows, curves, configs = [], {}, []
     for run in runs:
-        trial_id = run.data.tags["trial_id"]
-        curve = _history_frame(client, run.info.run_id, list(run.data.metrics))
-        curves[trial_id] = curve
+        trial_id = run.data.tags[TRIAL_ID]
+        curves[trial_id] = _history_frame(client, run.info.run_id, list(run.data.metrics))
         rows.append({"trial_id": trial_id, "status": STATUS_FROM_MLFLOW.get(run.info.status, run.info.status),
-                     "iterations": len(curve), "error": "", "path": "", "checkpoint": "",
+                     "iterations": len(curves[trial_id]), "error": "", "path": "", "checkpoint": "",
                      "run_id": run.info.run_id, **run.data.metrics})
         configs.append(run.data.params)
     configs = pd.DataFrame(configs)
@@ -84,60 +245,51 @@ def load_mlflow_sweep(experiment: str, tracking_uri: str | None = None,
     numeric = configs[params].apply(pd.to_numeric, errors="coerce")
     table = pd.concat([pd.DataFrame(rows), numeric.where(numeric.notna(), configs[params])], axis=1)
     return Sweep(name=experiment, table=mark_early_stopped(table), params=params,
-                 objectives=objectives, curves=curves)
+                 objectives=tuple(objectives or DEFAULT_OBJECTIVES), curves=curves)
 
 
-def open_sweep(ref: str, objectives: Sequence[str] | None = None, tracking_uri: str | None = None) -> Sweep:
-    """A sweep folder, or `mlflow:EXPERIMENT` for a sweep read from its MLflow experiment."""
-    parsed = [parse_objective(o) for o in objectives] if objectives else None
-    if ref.startswith("mlflow:"):
-        return load_mlflow_sweep(ref.removeprefix("mlflow:"), tracking_uri, parsed)
-    return load_sweep(Path(ref), parsed)
-
-
-def log_report(state: Mapping, files: Sequence[Path], artifact_path: str = "report") -> str | None:
+def log_report(state: SweepState | None, files: Sequence[Path], artifact_path: str = "report") -> str | None:
     """Attach report files to the sweep's parent run; returns its run id (None: no parent run)."""
-    run_id = parent_run_id(state)
-    if not run_id:
+    if not (state and state.parent_run_id):
         return None
-    client = client_for(state)
     for path in files:
-        client.log_artifact(run_id, str(path), artifact_path)
-    return run_id
+        log_file(client_for(state), state.parent_run_id, path, artifact_path)
+    return state.parent_run_id
 
 
-def start_final_run(state: Mapping, sweep_name: str, run_id: str | None, tags: Mapping[str, str],
+def start_final_run(state: SweepState | None, sweep: Sweep, trial_id: str, rank: int, run_id: str | None,
                     params: Mapping[str, object]) -> str:
-    """Reopen `run_id` when it exists, else create the final run with its tags and params."""
+    """Reopen the final run `run_id`, else create it as a child of the sweep's parent run, tagged
+    with the sweep, the trial and the trial's own run."""
     client = client_for(state)
     if run_id:
         client.update_run(run_id, status="RUNNING")
         return run_id
-    name = experiment_name(state, sweep_name)
-    found = client.get_experiment_by_name(name)
-    experiment_id = found.experiment_id if found else client.create_experiment(name)
-    run = client.create_run(experiment_id, tags=dict(tags), run_name=f"final-{tags['colorsweep.trial_id']}")
-    items = [Param(k, str(v)) for k, v in params.items()]
-    for start in range(0, len(items), BATCH):
-        client.log_batch(run.info.run_id, params=items[start:start + BATCH])
+    experiment = experiment_id(client, state.experiment_name if state else sweep.name)
+    tags = {ROLE: "final", "final": "true", SWEEP: sweep.name, SWEEP_PATH: str(sweep.path.resolve()),
+            FINAL_TRIAL: trial_id, FINAL_RANK: str(rank)}
+    source = trial_runs(client, experiment, f" and tags.`{TRIAL_ID}` = '{trial_id}'")
+    if source:
+        tags[FINAL_SOURCE] = source[0].info.run_id
+    if state and state.parent_run_id:
+        tags[PARENT] = state.parent_run_id
+    run = client.create_run(experiment, tags=tags, run_name=f"final-{trial_id}")
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
-def logged_steps(state: Mapping, run_id: str, key: str) -> set[int]:
-    return {m.step for m in client_for(state).get_metric_history(run_id, key)}
-
-
-def log_metrics(state: Mapping, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and math.isfinite(v)]
-    for start in range(0, len(items), BATCH):
-        client_for(state).log_batch(run_id, metrics=items[start:start + BATCH])
-
-
-def finish_final_run(state: Mapping, run_id: str, files: Sequence[Path], tags: Mapping[str, str]) -> None:
+def log_new_steps(state: SweepState | None, run_id: str, steps: Mapping[int, Mapping], probe: str) -> None:
+    """Log the metrics of each step whose `probe` metric the run does not hold yet."""
     client = client_for(state)
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    done = logged_steps(client, run_id, probe)
+    for step, metrics in steps.items():
+        if step not in done:
+            log_metrics(client, run_id, metrics, step)
+
+
+def finish_final_run(state: SweepState | None, run_id: str, files: Sequence[Path], tags: Mapping[str, str]) -> None:
+    client = client_for(state)
+    log_metrics(client, run_id, {}, 0, tags)
     for path in files:
-        client.log_artifact(run_id, str(path))
+        log_file(client, run_id, path, None)
     client.set_terminated(run_id, "FINISHED")

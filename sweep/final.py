@@ -1,12 +1,13 @@
-"""`python -m sweep.final SWEEP [--rank N] [--epochs E] [--set k=v ...]`: the chosen trial's config
-trained as one long run in `SWEEP/final/`, then evaluated on the test split and exported.
+"""`python -m sweep.final SWEEP`: train the best (or --rank N) trial of a sweep as one long run
+in SWEEP/final/, evaluate it on the test split and export it.
 
 The trial's full config comes from its last checkpoint (the spec's base config plus its searched
 values when it has none); the final run trains on all the data (`data.train_limit=0`) for more
-epochs, then `--set` overrides apply. Running the same command again resumes from
-`SWEEP/final/checkpoint`. The MLflow run (tags colorsweep.role=final, final=true) is a child of
-the sweep's parent run and names the sweep and the trial; its id is kept in `final/final.json` so
-a resumed run logs into the same run, each epoch once.
+epochs, then `--set` overrides apply. Data without a test split (npz, folder, synthetic) is
+evaluated on its whole validation split instead, and says so. Running the same command again
+resumes from `SWEEP/final/checkpoint`. The MLflow run (tags colorsweep.role=final, final=true) is a
+child of the sweep's parent run and names the sweep and the trial; its id is kept in
+`final/final.json` so a resumed run logs into the same run, each epoch and the test metrics once.
 """
 from __future__ import annotations
 
@@ -25,16 +26,22 @@ from analysis.rank import ranked
 from trainable.checkpoint import load_checkpoint
 from trainable.config import Config, ConfigError, apply_overrides, flatten, from_dict, parse_assignment, to_dict
 from trainable.data import load_test_split
+from trainable.datasets import has_test_split
 from trainable.export import ModelError, export_generator
-from trainable.loop import read_metrics, run_training, write_text_atomic
+from trainable.layout import (CONFIG_FILE, FINAL_DIR, FINAL_RECORD, GENERATOR, METRICS_FILE, SAMPLES,
+                              TEST_METRICS, write_text_atomic)
+from trainable.loop import read_metrics, run_training
 
 EPOCH_FACTOR = 4      # default final length: this many times the trial's epochs
-RECORD = "final.json"
 SUMMARY = ("test_control_error", "test_realism_abhist", "test_pixel_acc_5", "test_psnr")
 
 
 def pick_trial(sweep: Sweep, rank: int) -> pd.Series:
-    table = ranked(sweep)
+    table = ranked(sweep) if all(o.metric in sweep.table for o in sweep.objectives) else None
+    if table is None or table["rank"].isna().all():
+        counts = sweep.table["status"].value_counts() if len(sweep.table) else {}
+        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none started"
+        raise SweepError(f"no finished trial to train: the sweep has {len(sweep.table)} trials ({states})")
     chosen = table[table["rank"] == rank]
     if chosen.empty:
         count = int(table["rank"].notna().sum())
@@ -63,7 +70,7 @@ def final_config(base: Config, epochs: int | None, sets: Sequence[str]) -> Confi
 
 def read_record(directory: Path, trial_id: str) -> dict:
     """final/final.json; refuses a folder that holds another trial's final run."""
-    path = directory / RECORD
+    path = directory / FINAL_RECORD
     if not path.exists():
         return {}
     record = json.loads(path.read_text())
@@ -74,59 +81,56 @@ def read_record(directory: Path, trial_id: str) -> dict:
 
 
 def start_run(sweep: Sweep, trial: pd.Series, cfg: Config, record: dict, directory: Path) -> dict:
-    tags = {"colorsweep.role": "final", "final": "true", "colorsweep.sweep": sweep.name,
-            "colorsweep.sweep_path": str(sweep.path.resolve()), "colorsweep.trial_id": str(trial["trial_id"]),
-            "colorsweep.trial_rank": str(trial["rank"])}
-    source_run = tracking.trial_run_id(sweep.state, sweep.name, str(trial["trial_id"]))
-    if source_run:
-        tags["colorsweep.trial_run_id"] = source_run
-    if tracking.parent_run_id(sweep.state):
-        tags["mlflow.parentRunId"] = tracking.parent_run_id(sweep.state)
-    run_id = tracking.start_final_run(sweep.state, sweep.name, record.get("mlflow_run_id"), tags,
-                                      flatten(to_dict(cfg)))
+    run_id = tracking.start_final_run(sweep.state, sweep, str(trial["trial_id"]), int(trial["rank"]),
+                                      record.get("mlflow_run_id"), flatten(to_dict(cfg)))
     record = {"sweep": sweep.name, "trial_id": str(trial["trial_id"]), "rank": int(trial["rank"]),
               "mlflow_run_id": run_id}
-    write_text_atomic(directory / RECORD, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(directory / FINAL_RECORD, json.dumps(record, indent=2) + "\n")
     return record
 
 
 def log_new_epochs(sweep: Sweep, run_id: str, rows: Sequence[dict]) -> None:
     """Log metrics.jsonl rows whose epoch the MLflow run does not hold yet."""
-    done = tracking.logged_steps(sweep.state, run_id, "epoch")
-    for row in rows:
-        if row["epoch"] not in done:
-            tracking.log_metrics(sweep.state, run_id, row, step=row["epoch"])
+    tracking.log_new_steps(sweep.state, run_id, {row["epoch"]: row for row in rows}, "epoch")
 
 
 def finish(sweep: Sweep, trainer, directory: Path, run_id: str) -> dict:
-    """Test-split metrics, a sample grid and the exported generator, all logged to the run."""
+    """Test-split metrics (the validation split's when the data has no test split), a sample grid
+    and the exported generator, all logged to the run once."""
     test = trainer.evaluate(load_test_split(trainer.cfg.data, trainer.device))
     test = {f"test_{k.removeprefix('val_')}": v for k, v in test.items()}
-    write_text_atomic(directory / "test_metrics.json", json.dumps(test, indent=2) + "\n")
-    Image.fromarray(trainer.sample_grid(8)).save(directory / "samples.png")
-    export_generator(trainer, directory / "generator.pt")
-    tracking.log_metrics(sweep.state, run_id, test, step=trainer.epoch)
-    files = [directory / n for n in ("generator.pt", "samples.png", "test_metrics.json", "config.yaml")]
-    tracking.finish_final_run(sweep.state, run_id, files, {"colorsweep.epochs": str(trainer.epoch)})
+    write_text_atomic(directory / TEST_METRICS, json.dumps(test, indent=2) + "\n")
+    Image.fromarray(trainer.sample_grid(8)).save(directory / SAMPLES)
+    export_generator(trainer.generator.state_dict(), trainer.cfg, trainer.epoch, directory / GENERATOR)
+    tracking.log_new_steps(sweep.state, run_id, {trainer.epoch: test}, next(iter(test)))
+    files = [directory / n for n in (GENERATOR, SAMPLES, TEST_METRICS, CONFIG_FILE)]
+    tags = {"colorsweep.epochs": str(trainer.epoch), "colorsweep.evaluated_on": split_name(trainer.cfg)}
+    tracking.finish_final_run(sweep.state, run_id, files, tags)
     return test
 
 
-def run_final(sweep_dir: Path, rank: int = 1, epochs: int | None = None, sets: Sequence[str] = ()) -> dict:
+def split_name(cfg: Config) -> str:
+    return "test split" if has_test_split(cfg.data) else f"validation split ({cfg.data.dataset} has no test split)"
+
+
+def run_final(sweep_dir: Path, rank: int = 1, epochs: int | None = None,
+              sets: Sequence[str] = ()) -> tuple[dict, str]:
+    """→ (the test metrics, the split they were measured on)."""
     sweep = load_sweep(sweep_dir)
     trial = pick_trial(sweep, rank)
     cfg = final_config(trial_config(sweep, trial), epochs, sets)
-    directory = sweep_dir / "final"
+    directory = sweep_dir / FINAL_DIR
     directory.mkdir(exist_ok=True)
     record = start_run(sweep, trial, cfg, read_record(directory, str(trial["trial_id"])), directory)
     print(f"final run of trial {trial['trial_id']} (rank {rank}) for {cfg.train.epochs} epochs in {directory}")
-    log_new_epochs(sweep, record["mlflow_run_id"], read_metrics(directory / "metrics.jsonl"))
+    log_new_epochs(sweep, record["mlflow_run_id"], read_metrics(directory / METRICS_FILE))
     trainer = run_training(cfg, directory,
                            on_report=lambda _, row: log_new_epochs(sweep, record["mlflow_run_id"], [row]))
-    return finish(sweep, trainer, directory, record["mlflow_run_id"])
+    return finish(sweep, trainer, directory, record["mlflow_run_id"]), split_name(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sweep.final", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sweep.final", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="sweep folder (sweeps/<name>)")
     parser.add_argument("--rank", type=int, default=1, help="which ranked trial (analysis.rank) to train")
     parser.add_argument("--epochs", type=int, default=None,
@@ -142,13 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rank < 1 or (args.epochs is not None and args.epochs < 1):
         parser.error("--rank and --epochs must be >= 1")
     try:
-        test = run_final(Path(args.sweep), args.rank, args.epochs, args.sets)
+        test, split = run_final(Path(args.sweep), args.rank, args.epochs, args.sets)
     except (SweepError, ConfigError, ModelError, ValueError) as err:
         print(f"sweep.final: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2
-    folder = Path(args.sweep) / "final"
-    print("test split: " + "  ".join(f"{k}={v:.4g}" for k, v in test.items() if k in SUMMARY))
-    print(f"exported {folder / 'generator.pt'}; try: python -m sweep.colorize {folder / 'generator.pt'} IMAGE -o OUT")
+    exported = Path(args.sweep) / FINAL_DIR / GENERATOR
+    print(f"{split}: " + "  ".join(f"{k}={v:.4g}" for k, v in test.items() if k in SUMMARY))
+    print(f"exported {exported}; try: python -m sweep.colorize {exported} IMAGE -o OUT")
     return 0
 
 

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prepare_folder(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: str | None):
     """--fresh moves old results aside; a resume must match the saved spec → the saved state."""
-    from sweep.tracking import move_experiment_aside, resolve_tracking_uri
+    from analysis.tracking import move_experiment_aside, resolve_tracking_uri
     old = sweep_state.read_state(sweep_dir)
     if fresh and sweep_dir.exists():
         new_name = sweep_state.aside_name(sweep_dir)
@@ -151,9 +151,9 @@ def _show_packing(server) -> None:
 
 
 def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
-    from sweep.tracking import SweepTracker, open_sweep, resolve_tracking_uri
+    from analysis.tracking import SweepTracker, resolve_tracking_uri, start_sweep_run
     uri = old.tracking_uri if old else resolve_tracking_uri(mlflow_uri)
-    experiment_id, parent = open_sweep(uri, spec.name, old.parent_run_id if old else None)
+    experiment_id, parent = start_sweep_run(uri, spec.name, old.parent_run_id if old else None)
     return SweepTracker(uri, experiment_id, parent), sweep_state.SweepState(False, uri, spec.name, parent)
 
 
@@ -200,7 +200,7 @@ def _finish(spec, sweep_dir: Path, grid, record, tracker, budget_hit: bool) -> i
         outcome, code = f"{len(failed)} trial(s) failed; run the same command to retry them", EXIT_FAILED
     else:
         outcome, code = "interrupted, state saved; run the same command to continue", EXIT_INTERRUPTED
-    tracker.end_sweep(finished)
+    tracker.end_sweep(finished, spec.objectives)
     sweep_state.write_state(sweep_dir, sweep_state.SweepState(finished, record.tracking_uri,
                                                               record.experiment_name, record.parent_run_id))
     show_summary(rows, spec, str(sweep_dir), record.tracking_uri, outcome)

@@ -1,0 +1,106 @@
+"""`python -m sweep.register MODEL --name NAME [--mlflow-uri URI]`: log an exported generator as an
+MLflow pyfunc model (sweep.serving) and register it as a new version of NAME in the Model Registry.
+
+MODEL is an exported `generator.pt` (or a checkpoint's `latest.pt`). Without a run to log into, a
+run tagged colorsweep.role=registered is made in the experiment named NAME (created if missing);
+`sweep.final` logs into its final run instead. Explicit MlflowClient calls, no fluent active run.
+Serve a version with `mlflow models serve -m models:/NAME/VERSION --env-manager local`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlflow
+import numpy
+import PIL
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+from sweep.colorize import load_model
+from sweep.serving import GENERATOR, describe, input_example, signature
+from trainable.export import ModelError
+
+ARTIFACT = "model"
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")   # models from code: MLflow stores no pickle
+
+
+def requirements() -> list[str]:
+    """Pinned to this environment; given explicitly so MLflow does not load the model to infer them.
+    The model imports the colorsweep package (sweep.serving), which must be installed where it runs."""
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"numpy=={numpy.__version__}", f"pillow=={PIL.__version__}"]
+
+
+def save_pyfunc(generator: Path, folder: Path) -> dict:
+    """The pyfunc model folder (MLmodel, signature, the generator as its artifact); returns its metadata."""
+    info = describe(load_model(generator))          # a file that is no model fails here, before MLflow
+    mlflow.pyfunc.save_model(path=str(folder), python_model=str(MODEL_CODE), input_example=input_example(),
+                             artifacts={GENERATOR: str(generator)}, signature=signature(),
+                             pip_requirements=requirements(), metadata={"colorsweep": info})
+    return info
+
+
+def _registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name, description="colorsweep colorizer (sweep.serving)")
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+
+
+def _new_run(client: MlflowClient, name: str, generator: Path) -> str:
+    found = client.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found else client.create_experiment(name)
+    run = client.create_run(experiment_id, run_name=f"register-{name}",
+                            tags={"colorsweep.role": "registered", "colorsweep.source": str(generator.resolve())})
+    return run.info.run_id
+
+
+def register(generator: str | Path, name: str, tracking_uri: str | None = None,
+             run_id: str | None = None) -> tuple[str, str]:
+    """Log `generator` as a pyfunc model under `ARTIFACT` of `run_id` (a new run when None) and
+    register it as a new version of `name` → (version, models:/ URI)."""
+    generator = Path(generator)
+    if not generator.is_file():
+        raise ModelError(f"{generator}: not a file; register takes an exported generator.pt")
+    client = MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory() as temp:
+        folder = Path(temp) / ARTIFACT
+        info = save_pyfunc(generator, folder)
+        own_run = run_id is None
+        run_id = run_id or _new_run(client, name, generator)
+        client.log_artifacts(run_id, str(folder), ARTIFACT)
+    if own_run:
+        client.set_terminated(run_id, "FINISHED")
+    _registered_model(client, name)
+    source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT}"
+    version = client.create_model_version(name, source, run_id=run_id, description=info["summary"])
+    return str(version.version), f"models:/{name}/{version.version}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweep.register", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="exported generator.pt")
+    parser.add_argument("--name", required=True, help="registered model name (a new version each time)")
+    parser.add_argument("--mlflow-uri", default=None, help="tracking store (default: MLflow's, MLFLOW_TRACKING_URI)")
+    args = parser.parse_args(argv)
+    if not args.name.strip():
+        parser.error("--name must not be empty")
+    try:
+        version, uri = register(args.model, args.name, args.mlflow_uri)
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"registered {args.model} as {uri}")
+    print(f"serve it: mlflow models serve -m {uri} --env-manager local --host 127.0.0.1 --port 5001")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The MLflow pyfunc model (sweep.serving), its registration (sweep.register) and the served endpoint:
+predictions equal sweep.colorize's output pixel for pixel, bad input is one clear 4xx error."""
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from sweep import colorize, register
+from sweep.app import open_model
+from tests.serving_fixtures import (CONDITIONED, FIXED, b64, export_model, free_port, from_b64, gray_png,
+                                    server_env, start, stop, wait_until_up)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    exported = {"film": export_model(root / "film.pt", *CONDITIONED),
+                "fixed": export_model(root / "fixed.pt", *FIXED)}
+    pyfuncs = {}
+    for kind, path in exported.items():
+        register.save_pyfunc(path, root / f"{kind}-pyfunc")
+        pyfuncs[kind] = mlflow.pyfunc.load_model(str(root / f"{kind}-pyfunc"))
+    return exported, pyfuncs
+
+
+def cli_output(model, image, flags, tmp_path):
+    out = tmp_path / "cli.png"
+    assert colorize.main([str(model), str(image), "-o", str(out), *flags]) == 0
+    return np.array(Image.open(out))
+
+
+@pytest.mark.parametrize("kind, params, flags", [
+    ("film", {}, []),
+    ("film", {"saturation": 0.7}, ["--saturation", "0.7"]),
+    ("film", {"saturation": 0.2, "scale": "native"}, ["--saturation", "0.2", "--scale", "native"]),
+    ("fixed", {}, []),
+    ("fixed", {"scale": "native"}, ["--scale", "native"]),
+])
+def test_predict_equals_colorize_pixel_for_pixel(models, tmp_path, kind, params, flags):
+    exported, pyfuncs = models
+    image = gray_png(tmp_path / "gray.png")
+    expected = cli_output(exported[kind], image, flags, tmp_path)
+    as_png = pyfuncs[kind].predict({"image": [b64(image)]}, params=params)["image"][0]
+    as_array = pyfuncs[kind].predict({"image": [np.array(Image.open(image))]}, params=params)["image"][0]
+    assert np.array_equal(from_b64(as_png), expected)
+    assert np.array_equal(as_array, expected) and as_array.shape == (30, 45, 3)
+
+
+def test_targets_reach_the_generator(models, tmp_path):
+    _, pyfuncs = models
+    image = np.array(Image.open(gray_png(tmp_path / "gray.png")))
+    outputs = [pyfuncs["film"].predict({"image": [image]}, params=p)["image"][0]
+               for p in ({}, {"saturation": 0.1}, {"saturation": 0.8})]
+    assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[1], outputs[2])
+
+
+@pytest.mark.parametrize("kind, image, params, words", [
+    ("film", "png", {"hue": 0.3}, ["hue", "saturation in [0.05, 0.8]"]),
+    ("fixed", "png", {"saturation": 0.3}, ["saturation", "takes no targets"]),
+    ("film", "png", {"saturation": "high"}, ["saturation", "high"]),
+    ("film", "png", {"scale": "huge"}, ["scale", "huge"]),
+    ("film", "hello", {}, ["image 0", "not base64"]),
+    ("film", "aGVsbG8gd29ybGQ=", {}, ["image 0", "not a PNG or JPEG"]),
+    ("film", "floats", {}, ["image 0", "uint8"]),
+])
+def test_bad_input_is_one_clear_invalid_parameter_error(models, tmp_path, kind, image, params, words):
+    _, pyfuncs = models
+    item = {"png": b64(gray_png(tmp_path / "gray.png")), "floats": np.zeros((4, 4))}.get(image, image)
+    with pytest.raises(MlflowException) as caught:
+        pyfuncs[kind].predict({"image": [item]}, params=params)
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert all(w in caught.value.message for w in words), caught.value.message
+
+
+def test_register_adds_a_version_each_time_and_the_page_opens_it(models, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)                       # MLflow's default artifact root is ./mlruns
+    exported, _ = models
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert register.main([str(exported["film"]), "--name", "colorizer", "--mlflow-uri", uri]) == 0
+    assert "models:/colorizer/1" in capsys.readouterr().out
+    assert register.register(exported["fixed"], "colorizer", uri) == ("2", "models:/colorizer/2")
+    client = MlflowClient(uri)
+    assert sorted(str(v.version) for v in client.search_model_versions("name = 'colorizer'")) == ["1", "2"]
+    run = client.get_run(client.get_model_version("colorizer", "1").run_id)
+    assert run.data.tags["colorsweep.role"] == "registered" and run.info.status == "FINISHED"
+    assert open_model("models:/colorizer/1", uri).ranges == {"saturation": (0.05, 0.8)}
+    assert open_model("models:/colorizer/2", uri).ranges == {}
+    capsys.readouterr()
+    assert register.main([str(tmp_path / "mlflow.db"), "--name", "x", "--mlflow-uri", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mlflow.db" in err[0] and "not a colorsweep model" in err[0]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_served_model_answers_a_png_and_refuses_bad_requests(models, tmp_path):
+    exported, pyfuncs = models
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    version, model_uri = register.register(exported["film"], "served", uri)
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "serve.log"
+    server = start(command, log, tmp_path, server_env(MLFLOW_TRACKING_URI=uri))
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
+        url = f"http://127.0.0.1:{port}/invocations"
+        image = gray_png(tmp_path / "gray.png", (64, 48))
+        status, answer = post(url, {"dataframe_records": [{"image": b64(image)}], "params": {"saturation": 0.7}})
+        assert status == 200, answer
+        served = from_b64(answer["predictions"][0]["image"])
+        local = pyfuncs["film"].predict({"image": [np.array(Image.open(image))]}, params={"saturation": 0.7})
+        assert served.shape == (48, 64, 3) and np.array_equal(served, local["image"][0])
+        for params, records, word in [({"hue": 0.5}, [{"image": b64(image)}], "hue"),
+                                      ({"saturation": "high"}, [{"image": b64(image)}], "saturation"),
+                                      ({}, [{"image": "not an image"}], "image 0")]:
+            status, answer = post(url, {"dataframe_records": records, "params": params})
+            assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", answer
+            assert word in answer["message"] and "Traceback" not in json.dumps(answer), answer
+    finally:
+        stop(server)
