@@ -2,34 +2,28 @@
 
 Each trial of a packed sweep is a member: its own `Trainer` (built in the server on shared data).
 A member asks for one epoch at a time; the server waits until every live member has asked (a
-round), then steps them in groups of at most `pack` trials as one `PackedTrainer`. A member that is
+round), then steps them in groups of at most `pack` trials (`trainable.loop.steps_for`). A member that is
 late is waited for at most `max_wait_s` after the first ask of the round, so one slow or dead trial
 (ASHA stops trials by killing their process, without a goodbye) cannot hold the others. A member
 not heard from for `stale_s` is dropped and its trainer freed.
 
-A group's `PackedTrainer` is kept while the same trainers train together: its stacked tensors are
-the truth, and rebuilding would copy every weight and recapture the CUDA graph. It is rebuilt when
-the group changes or a member trained elsewhere (a rejoin, a round without it).
+A group's pack (its StepGroup) is kept while the same trainers train together: packed, its stacked
+tensors are the truth, and rebuilding would copy every weight and recapture the CUDA graph. It is
+rebuilt when the group changes or a member trained elsewhere (a rejoin, a round without it).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from trainable.config import flatten, to_dict
+from trainable.loop import steps_for
+from trainable.packed import pack_signature
 
 
 def shared_signature(trainer) -> Hashable:
-    """The config values trials must agree on to share a pack (trainable.names.SHARED_KEYS)."""
-    from trainable.names import SHARED_KEYS
-    flat = flatten(to_dict(trainer.cfg))
-    return tuple(sorted((k, repr(v)) for k, v in flat.items() if k.startswith(SHARED_KEYS)))
-
-
-def build_pack(trainers: list) -> object:
-    from trainable.packed import PackedTrainer
-    return PackedTrainer(trainers)       # it trains in train mode whatever mode evaluate() left
+    """What trials must agree on to share a pack: the check `PackedTrainer` makes, as a key."""
+    return pack_signature(trainer.cfg)
 
 
 @dataclass
@@ -37,21 +31,20 @@ class Member:
     trainer: object
     last_seen: float
     probe: object = None             # whatever the server uses to ask "is this trial alive?"
-    pack: object = None              # the PackedTrainer whose stacked tensors hold its state
+    pack: object = None              # the StepGroup it last trained in (packed: its state's holder)
 
 
 @dataclass
 class Group:
     trial_ids: tuple[str, ...]
-    pack: object
-    cache: dict = field(default_factory=dict)   # the CUDA graph of this pack, when captured
+    pack: object                     # a trainable.steps.StepGroup (graphed: it holds its CUDA graph)
 
 
 class PackScheduler:
     def __init__(self, pack: int, max_wait_s: float = 10.0, stale_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic,
                  signature: Callable[[object], Hashable] = shared_signature,
-                 make_pack: Callable[[list], object] = build_pack):
+                 make_pack: Callable[[list], object] = steps_for):
         self.pack_size, self.max_wait_s, self.stale_s = pack, max_wait_s, stale_s
         self.clock, self.signature, self.make_pack = clock, signature, make_pack
         self.members: dict[str, Member] = {}

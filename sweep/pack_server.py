@@ -3,11 +3,12 @@ together (`trainable.packed.PackedTrainer`), while each trial stays its own Tune
 
 Processes on one GPU time-slice it (without MPS they do not overlap); one process that steps K
 trials' stacked models under `vmap` does. A packed trial (`sweep.ray_adapter.train_packed_trial`)
-joins with its config and checkpoint state, asks for one epoch at a time, and asks for a report
-(metrics, the full trainer state, the sample grid) whenever it reports to Tune; it writes its own
-checkpoint folder and is stopped by ASHA like any other trial. The data is loaded once per distinct
-data config and shared. Which trials step together and when is `sweep.pack_scheduler`; this file
-is the asynchronous shell around it: epochs run in a worker thread so the actor keeps answering.
+joins with its config and checkpoint state, asks for one epoch at a time (`advance`), and asks for
+a report (metrics, the full trainer state, the sample grid) whenever it reports to Tune; it writes
+its own checkpoint folder and is stopped by ASHA like any other trial. The data is loaded once per
+distinct data config and shared. Which trials step together and when is `sweep.pack_scheduler`;
+how a group steps is `trainable.loop`'s; this file is the asynchronous shell around them: epochs
+run in a worker thread so the actor keeps answering.
 """
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ import threading
 import time
 
 import ray
+import torch
 
 from sweep.pack_scheduler import Group, PackScheduler
+from trainable.config import from_dict, to_dict
+from trainable.data import load_data
+from trainable.engine import Trainer, resolve_device, resolve_memory_format, setup_process
+from trainable.loop import report_of, train_epoch
 
 GATHER_S = 1.0        # a round waits this long after the last ask before checking on late trials
 MAX_WAIT_S = 10.0     # … and at most this long after the first ask before it starts without them
@@ -31,7 +37,6 @@ def server_name(sweep_name: str) -> str:
 
 def _to_cpu(value):
     """A state dict with every tensor on the CPU, for transport to the trial's process."""
-    import torch
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, dict):
@@ -41,20 +46,14 @@ def _to_cpu(value):
     return value
 
 
-def _report(trainer) -> tuple[dict, dict, object]:
-    return trainer.evaluate(), _to_cpu(trainer.state_dict()), trainer.sample_grid(count=8)
+def _report(trainer: Trainer, grid: bool = True) -> tuple[dict, dict, object]:
+    metrics, state, samples = report_of(trainer, grid)
+    return metrics, _to_cpu(state), samples
 
 
 def _train_group(group: Group) -> list[dict]:
-    """One epoch of a pack (replaying a CUDA graph when a trial asks for it), written back."""
-    pack = group.pack
-    if pack.device.type == "cuda" and any(t.cfg.train.cuda_graph == "on" for t in pack.trainers):
-        from trainable.graphs import graphed_train_epoch
-        results = graphed_train_epoch(pack, group.cache)
-    else:
-        results = pack.train_epoch()
-    pack.sync()
-    return results
+    """One epoch of a group's trials, stepped as `trainable.loop.steps_for` chose, written back."""
+    return train_epoch(group.pack)
 
 
 async def _answers(ref) -> None:
@@ -65,7 +64,8 @@ class PackServer:
     def __init__(self, pack: int):
         self.scheduler = PackScheduler(pack, MAX_WAIT_S, STALE_S)
         self.datasets: dict[str, object] = {}
-        self.setup_lock = threading.Lock()       # Trainer() seeds torch's global RNG
+        self.data_lock = threading.Lock()        # trials joining at once load their data once
+        self.set_up = False
         self.answers: dict[str, asyncio.Future] = {}
         self.rounds: asyncio.Task | None = None
         self.last_probe = 0.0
@@ -79,30 +79,30 @@ class PackServer:
         """(packed epochs run, trial epochs they trained): their ratio is the mean pack size."""
         return self.packed_steps, self.trial_epochs
 
-    def _build(self, config: dict, state: dict | None):
-        from trainable.config import from_dict, to_dict
-        from trainable.data import load_data
-        from trainable.engine import Trainer, resolve_device, resolve_memory_format
-        cfg = from_dict(config)
+    def _build(self, cfg, state: dict | None) -> Trainer:
         device = resolve_device(cfg.train.device)
         memory_format = resolve_memory_format(cfg, device)
         key = repr((sorted(to_dict(cfg)["data"].items()), str(device), str(memory_format)))
-        with self.setup_lock:
+        with self.data_lock:
             if key not in self.datasets:
                 self.datasets[key] = load_data(cfg.data, device, memory_format)
-            trainer = Trainer(cfg, self.datasets[key])
-            if state is not None:
-                trainer.load_state_dict(state)
+        trainer = Trainer(cfg, self.datasets[key])
+        if state is not None:
+            trainer.load_state_dict(state)
         return trainer
 
     async def join(self, trial_id: str, config: dict, state: dict | None, probe=None) -> int:
         """Add a trial (replacing an earlier join of the same id); → the epoch it starts from."""
-        trainer = await asyncio.to_thread(self._build, config, state)
+        cfg = from_dict(config)
+        if not self.set_up:        # before any trainer is built: the first join's process settings
+            setup_process(cfg)
+            self.set_up = True
+        trainer = await asyncio.to_thread(self._build, cfg, state)
         self._forget(trial_id)
         self.scheduler.join(trial_id, trainer, probe)
         return trainer.epoch
 
-    async def train_epoch(self, trial_id: str) -> dict:
+    async def advance(self, trial_id: str) -> dict:
         """One epoch of this trial, stepped with the other trials of its round; → its losses."""
         self.scheduler.ask(trial_id)
         future = asyncio.get_running_loop().create_future()
@@ -111,10 +111,10 @@ class PackServer:
             self.rounds = asyncio.create_task(self._run_rounds())
         return await future
 
-    async def report(self, trial_id: str) -> tuple[dict, dict, object]:
+    async def report(self, trial_id: str, grid: bool = True) -> tuple[dict, dict, object]:
         """(validation metrics, full trainer state on the CPU, sample grid) of this trial."""
         trainer = self.scheduler.member(trial_id).trainer
-        return await asyncio.to_thread(_report, trainer)
+        return await asyncio.to_thread(_report, trainer, grid)
 
     async def leave(self, trial_id: str) -> None:
         self._forget(trial_id)

@@ -5,8 +5,9 @@ A trial builds its full config from the spec plus its searched values, restores 
 `tune.get_checkpoint()` when Tune hands it one, and reports metrics with a checkpoint every
 `report_every` epochs. The checkpoint folder holds `latest.pt` (the trainer state; state["config"]
 is the trial's full config), `samples.png` (the sample grid), `generator.pt` (the exported
-generator) and `report.json` ({"epoch": N}). With `pack` > 1 the trial's models live in the pack
-server (sweep/pack_server.py) and `train_packed_trial` asks it for epochs and reports instead.
+generator) and `report.json` ({"epoch": N}). Both trial functions run `trainable.loop.run_epochs`
+with a `TuneSink`: a plain trial on a `LocalRun`; with `pack` > 1 on a `PackedRun`, whose models
+live in the pack server (sweep/pack_server.py), which it asks for epochs and reports.
 """
 from __future__ import annotations
 
@@ -17,15 +18,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
+import ray
+from PIL import Image
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from sweep.pack_server import server_name
 from sweep.space import SpecError
 from sweep.spec import SweepSpec
-from trainable.config import flatten, to_dict
+from sweep.trial_progress import TrialProgress, read_progress
+from trainable.checkpoint import load_checkpoint, save_checkpoint
+from trainable.config import Config, apply_overrides, flatten, to_dict
+from trainable.engine import Trainer, setup_process
+from trainable.export import export_generator
 from trainable.layout import GENERATOR, REPORT, SAMPLES
+from trainable.loop import LocalRun, run_epochs
 
 PACKED_TRIAL_CPU = 0.05
 
@@ -83,42 +93,27 @@ def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, flo
     return resources
 
 
-class _SavedTrainer:
-    """What `export_generator` reads from a trainer, taken from a state dict (a packed trial's
-    trainer lives in the pack server; its state comes here)."""
+class TuneSink:
+    """Reports to Tune: the metrics plus a checkpoint folder (latest.pt, samples.png, generator.pt,
+    report.json), written to a temp folder that Tune copies into the trial's folder."""
+    wants_grid = True
 
-    def __init__(self, state: dict):
-        from trainable.config import from_dict
-        self.cfg, self.epoch, self._weights = from_dict(state["config"]), state["epoch"], state["generator"]
-        self.generator = self
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
 
-    def state_dict(self) -> dict:
-        return self._weights
-
-
-def _write_checkpoint(folder: Path, state: dict, grid, exported) -> None:
-    from PIL import Image
-
-    from trainable.checkpoint import save_checkpoint
-    from trainable.export import export_generator
-    save_checkpoint(folder, state)
-    Image.fromarray(grid).save(folder / SAMPLES)
-    export_generator(exported, folder / GENERATOR)
-    (folder / REPORT).write_text(json.dumps({"epoch": state["epoch"]}))
-
-
-def _report(metrics: dict, state: dict, grid, exported) -> None:
-    """Metrics plus a checkpoint folder (latest.pt, samples.png, generator.pt, report.json) to Tune."""
-    folder = Path(tempfile.mkdtemp(prefix="colorsweep-ckpt-"))
-    try:
-        _write_checkpoint(folder, state, grid, exported)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    def report(self, row: dict, state: dict, grid: np.ndarray | None) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="colorsweep-ckpt-"))
+        try:
+            save_checkpoint(folder, state)
+            Image.fromarray(grid).save(folder / SAMPLES)
+            export_generator(state["generator"], self.cfg, state["epoch"], folder / GENERATOR)
+            (folder / REPORT).write_text(json.dumps({"epoch": state["epoch"]}))
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _restored_state() -> dict | None:
-    from trainable.checkpoint import load_checkpoint
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -126,67 +121,58 @@ def _restored_state() -> dict | None:
         return load_checkpoint(folder)
 
 
-def _next_report(epoch: int, epochs: int, every: int) -> int:
-    return min(epochs, (epoch // every + 1) * every)
-
-
-def train_trial(config: dict, spec: SweepSpec, threads: int) -> None:
-    """Tune's function trainable: one trial from its searched values to its last epoch."""
-    import torch
-
-    from trainable.config import apply_overrides
-    from trainable.engine import Trainer
-    torch.set_num_threads(threads)
+def train_trial(config: dict, spec: SweepSpec, threads: int, sweep_dir: str) -> None:
+    """Tune's function trainable: one trial from its searched values to its last epoch; its
+    in-epoch progress goes to a small file the driver's display reads (sweep/trial_progress.py)."""
     cfg = spec.trial_config(config)
     if cfg.train.threads == 0:
         cfg = apply_overrides(cfg, {"train.threads": threads})
+    setup_process(cfg)
     trainer = Trainer(cfg)
     state = _restored_state()
     if state is not None:
         trainer.load_state_dict(state)
-    train_metrics, reported = {}, False
-    # A trial restored at its last epoch still reports once: Tune marks a trial done only on a
-    # report, and one that returns silently after a restore is left unfinished.
-    while trainer.epoch < cfg.train.epochs or not reported:
-        next_report = _next_report(trainer.epoch, cfg.train.epochs, spec.report_every)
-        while trainer.epoch < next_report:
-            train_metrics = trainer.train_epoch()
-        reported = True
-        metrics = {"epoch": trainer.epoch, **train_metrics, **trainer.evaluate()}
-        _report(metrics, trainer.state_dict(), trainer.sample_grid(count=8), trainer)
+    run = LocalRun(trainer)
+    progress = TrialProgress(sweep_dir, tune.get_context().get_trial_id(), run, cfg.train.epochs)
+    run_epochs(run, TuneSink(cfg), cfg.train.epochs, spec.report_every, progress)
+
+
+class PackedRun:
+    """A packed trial's trainer, which lives in the pack server: epochs and reports are asked of it."""
+
+    def __init__(self, server, trial_id: str, epoch: int):
+        self.server, self.trial_id, self.epoch = server, trial_id, epoch
+
+    def advance(self, progress=None) -> dict[str, float]:
+        losses = ray.get(self.server.advance.remote(self.trial_id))
+        self.epoch += 1
+        return losses
+
+    def report(self, grid: bool) -> tuple[dict[str, float], dict, np.ndarray | None]:
+        return ray.get(self.server.report.remote(self.trial_id, grid))
 
 
 def train_packed_trial(config: dict, spec: SweepSpec, server: str) -> None:
-    """`train_trial` for a packed sweep: the pack server (sweep/pack_server.py) trains this trial's
-    models together with other trials'; this process reports, checkpoints and is stopped as usual."""
-    import ray
-
+    """`train_trial` for a packed sweep: the pack server trains this trial's models together with
+    other trials'; this process reports, checkpoints and is stopped as usual."""
     cfg = spec.trial_config(config)
     pack, trial_id = ray.get_actor(server), tune.get_context().get_trial_id()
     alive_probe = ray.get_runtime_context().current_actor   # lets the server see that we died
     epoch = ray.get(pack.join.remote(trial_id, to_dict(cfg), _restored_state(), alive_probe))
     try:
-        train_metrics, reported = {}, False
-        while epoch < cfg.train.epochs or not reported:      # see train_trial
-            next_report = _next_report(epoch, cfg.train.epochs, spec.report_every)
-            while epoch < next_report:
-                train_metrics = ray.get(pack.train_epoch.remote(trial_id))
-                epoch += 1
-            reported = True
-            metrics, state, grid = ray.get(pack.report.remote(trial_id))
-            _report({"epoch": epoch, **train_metrics, **metrics}, state, grid, _SavedTrainer(state))
+        run_epochs(PackedRun(pack, trial_id, epoch), TuneSink(cfg), cfg.train.epochs, spec.report_every)
     finally:
         pack.leave.remote(trial_id)
 
 
-def trainable_for(spec: SweepSpec, cluster: dict[str, float]):
+def trainable_for(spec: SweepSpec, cluster: dict[str, float], sweep_dir: Path):
     resources = trial_resources(spec, cluster)
     if spec.pack > 1:   # the pack server holds the GPU and does the work; a trial only reports
-        from sweep.pack_server import server_name
         trial = tune.with_parameters(train_packed_trial, spec=spec, server=server_name(spec.name))
         return tune.with_resources(trial, {"cpu": min(resources["cpu"], PACKED_TRIAL_CPU)})
     threads = max(1, math.floor(resources["cpu"]))
-    return tune.with_resources(tune.with_parameters(train_trial, spec=spec, threads=threads), resources)
+    trial = tune.with_parameters(train_trial, spec=spec, threads=threads, sweep_dir=str(sweep_dir))
+    return tune.with_resources(trial, resources)
 
 
 class TrackingCallback(tune.Callback):
@@ -236,39 +222,73 @@ class TrackingCallback(tune.Callback):
         self.tracker.end_trial(trial.trial_id, "FAILED")
 
 
-def trial_row(trial_id: str, status: str, iteration: int, result: dict, config: dict) -> dict:
-    return {"trial": trial_id, "status": status, "iteration": iteration, "node": str(result.get("node_ip", "-")),
-            "metrics": {k: v for k, v in result.items() if isinstance(v, (int, float))}, "config": config}
+def _error_line(trial) -> str:
+    """The last line of a failed trial's error and where its whole traceback is."""
+    path = Path(trial.path, trial.run_metadata.error_filename or "error.txt")
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return f"{lines[-1] if lines else 'no error text'} (traceback: {path})"
 
 
-def result_rows(grid) -> list[dict]:
+def trial_row(trial_id: str, status: str, result: dict, config: dict, spec: SweepSpec,
+              live: dict | None = None, error: str | None = None) -> dict:
+    """One trial as the plain row sweep/progress.py draws."""
+    return {"trial": trial_id, "status": status, "epoch": int(result.get("epoch", 0)),
+            "epochs": int(config.get("train.epochs", spec.config.train.epochs)), "config": config,
+            "metrics": {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            "live": live, "error": error}
+
+
+def result_rows(grid, spec: SweepSpec) -> list[dict]:
     """Rows for the summary from a ResultGrid (finished, errored or interrupted trials)."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         status = "ERROR" if result.error else ("TERMINATED" if metrics.get("done") else "PAUSED")
-        rows.append(trial_row(str(metrics.get("trial_id", "-")), status,
-                              int(metrics.get("training_iteration", 0)), metrics, result.config or {}))
+        error = None
+        if result.error:
+            last = (str(result.error).strip().splitlines() or [type(result.error).__name__])[-1]
+            error = f"{last.strip()} (traceback: {Path(result.path, 'error.txt')})"
+        rows.append(trial_row(str(metrics.get("trial_id", "-")), status, metrics, result.config or {}, spec,
+                              error=error))
     return rows
 
 
 class ProgressCallback(tune.Callback):
-    """A rich table of every trial, at most every `interval_s` seconds and at the end."""
+    """Feeds the sweep display (sweep/progress.py) Tune's trials plus each trial's in-epoch progress
+    file, at most every REFRESH_S; one line when a trial ends, is stopped or fails."""
+    REFRESH_S = 0.5
 
-    def __init__(self, spec: SweepSpec, interval_s: float):
-        self.spec, self.interval_s = spec, interval_s
-        self._started = self._shown = None
+    def __init__(self, spec: SweepSpec, sweep_dir: Path, display):
+        self.spec, self.sweep_dir, self.display = spec, Path(sweep_dir), display
+        self._shown = 0.0
 
-    def _show(self, trials) -> None:
-        from sweep.progress import show_progress
-        rows = [trial_row(t.trial_id, t.status, int(t.last_result.get("training_iteration", 0)),
-                          t.last_result, t.config) for t in trials]
-        show_progress(rows, self.spec, time.monotonic() - self._started)
-        self._shown = time.monotonic()
+    def __getstate__(self) -> dict:   # Tune pickles its callbacks; a live display does not pickle
+        return {**self.__dict__, "display": None}
 
     def on_step_end(self, iteration, trials, **info):
-        now = time.monotonic()
-        if self._started is None:
-            self._started = self._shown = now
-        if now - self._shown >= self.interval_s:
-            self._show(trials)
+        if self.display is None or time.monotonic() - self._shown < self.REFRESH_S:
+            return
+        self._shown = time.monotonic()
+        live = read_progress(self.sweep_dir)
+        self.display.update([trial_row(t.trial_id, t.status, t.last_result, t.config, self.spec,
+                                       live.get(t.trial_id)) for t in trials])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.display is None:
+            return
+        row = trial_row(trial.trial_id, "TERMINATED", trial.last_result, trial.config, self.spec)
+        values = ", ".join(f"{o.metric} {row['metrics'][o.metric]:.4g}" for o in self.spec.objectives
+                           if o.metric in row["metrics"])
+        how = "finished" if row["epoch"] >= row["epochs"] else f"stopped early (ASHA) after epoch {row['epoch']}"
+        self.display.event(f"trial {trial.trial_id} {how}: {values}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.display is not None:
+            self.display.event(f"trial {trial.trial_id} failed, retrying once: {_error_line(trial)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self.display is not None:
+            self.display.event(f"trial {trial.trial_id} failed: {_error_line(trial)}")

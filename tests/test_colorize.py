@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     cfg = tiny_config("train.epochs=1", "loss.saturation.weight=5", "loss.saturation.target=0.7")
     trainer = run_training(cfg, folder / "run", progress=False)
-    export_generator(trainer, folder / "generator.pt")
+    export_generator(trainer.generator.state_dict(), trainer.cfg, trainer.epoch, folder / "generator.pt")
     return folder
 
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_config
 from trainable.engine import Trainer, metric_names
-from trainable.loop import read_metrics, run_training
+from trainable.loop import read_metrics, run_training, train_epoch
 
 
 def _weights(trainer: Trainer) -> torch.Tensor:
@@ -17,7 +17,7 @@ def _weights(trainer: Trainer) -> torch.Tensor:
 def test_train_epoch_reports_losses_and_steps():
     trainer = Trainer(tiny_config())
     before = _weights(trainer).clone()
-    losses = trainer.train_epoch()
+    losses = train_epoch(trainer)[0]
     assert trainer.epoch == 1 and trainer.step == len(trainer.data.train) // 16
     assert {"loss_d", "loss_g", "loss_l1", "loss_control", "lr_generator"} <= set(losses)
     assert all(np.isfinite(v) for v in losses.values())
@@ -64,7 +64,7 @@ def test_resume_refuses_another_model(tmp_path):
 
 def test_exponential_schedule_decays_per_step():
     trainer = Trainer(tiny_config("optim.schedule=exponential", "optim.lr_decay_steps=10"))
-    trainer.train_epoch()
+    train_epoch(trainer)
     expected = 2e-4 * 0.1 ** ((trainer.step - 1) / 10)
     assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(expected)
 
@@ -85,7 +85,7 @@ def test_control_term_moves_saturation_both_ways():
                           f"loss.saturation.weight={weight}", f"loss.saturation.target={target}")
         trainer = Trainer(cfg)
         for _ in range(cfg.train.epochs):
-            trainer.train_epoch()
+            train_epoch(trainer)
         achieved[(weight, target)] = trainer.evaluate()["val_saturation"]
     baseline, high, low = achieved[(0, 0.5)], achieved[(20, 0.9)], achieved[(20, 0.1)]
     assert high > baseline + 0.05 and low < baseline - 0.05, achieved

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_config
 from trainable.data import load_data
 from trainable.engine import Trainer
+from trainable.loop import train_epoch
 from trainable.packed import PackedTrainer
 
 pytestmark = [pytest.mark.gpu,
@@ -27,7 +28,7 @@ def _flat(module):
 
 def test_graphed_epoch_matches_the_eager_epoch_fp32():
     eager, graphed = _pair("train.precision=fp32")
-    a, b = eager.train_epoch(), graphed.train_epoch()
+    a, b = train_epoch(eager)[0], train_epoch(graphed)[0]
     assert a.keys() == b.keys() and eager.step == graphed.step
     assert a["loss_g"] == pytest.approx(b["loss_g"], rel=1e-2)
     first_diff = (_flat(eager.generator) - _flat(graphed.generator)).norm() / _flat(eager.generator).norm()
@@ -37,7 +38,7 @@ def test_graphed_epoch_matches_the_eager_epoch_fp32():
 def test_graph_capture_does_not_advance_training():
     eager, graphed = _pair("train.precision=fp32", "data.synthetic_size=80")
     before = _flat(graphed.generator).clone()
-    graphed.train_epoch()
+    train_epoch(graphed)
     assert graphed.step == eager.step + len(graphed.data.train) // 32
     assert not torch.equal(before, _flat(graphed.generator))
 
@@ -46,7 +47,7 @@ def test_bf16_loss_curve_follows_fp32_over_100_steps():
     fp32 = Trainer(tiny_config(*CUDA, "train.precision=fp32", "data.synthetic_size=4000"))
     bf16 = Trainer(tiny_config(*CUDA, "train.precision=bf16", "train.cuda_graph=on",
                                "data.synthetic_size=4000"), fp32.data)
-    a, b = fp32.train_epoch(), bf16.train_epoch()          # about 110 steps each
+    a, b = train_epoch(fp32)[0], train_epoch(bf16)[0]          # about 110 steps each
     assert fp32.step >= 100
     assert abs(a["loss_g"] - b["loss_g"]) / a["loss_g"] < 1e-2
     assert abs(a["loss_l1"] - b["loss_l1"]) / a["loss_l1"] < 1e-2
@@ -57,9 +58,9 @@ def test_packed_trials_on_cuda_resume_on_the_plain_path():
     data = load_data(cfgs[0].data, "cuda")
     trainers = [Trainer(cfg, data) for cfg in cfgs]
     pack = PackedTrainer(trainers)
-    pack.train_epoch()
+    train_epoch(pack)
     states = [t.state_dict() for t in pack.sync()]
     plain = Trainer(cfgs[1], data)
     plain.load_state_dict(states[1])
-    plain.train_epoch()                                   # fused Adam takes the packed state
+    train_epoch(plain)                                   # fused Adam takes the packed state
     assert plain.epoch == 2 and torch.isfinite(_flat(plain.generator)).all()

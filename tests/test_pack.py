@@ -80,11 +80,11 @@ def test_pack_server_waits_for_a_late_trial_but_not_for_a_dead_one():
             trial.train.remote()
             assert ray.get(server.join.remote(name, config, None, trial)) == 0
         started = time.monotonic()
-        ray.get(server.train_epoch.remote("a"))
+        ray.get(server.advance.remote("a"))
         assert time.monotonic() - started >= MAX_WAIT_S     # b is alive: the round waited for it
         ray.kill(trials["b"])                               # as when Tune stops b
         started = time.monotonic()
-        ray.get(server.train_epoch.remote("a"))
+        ray.get(server.advance.remote("a"))
         assert time.monotonic() - started < MAX_WAIT_S / 2  # b is dead: dropped, not waited for
         assert ray.get(server.stats.remote()) == (2, 2)
     finally:

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_config
 from trainable.data import ColorData, apply_flip, epoch_plan, load_data
 from trainable.engine import Trainer
+from trainable.loop import train_epoch
 from trainable.packed import PackedTrainer
 
 TRIALS = [("optim.beta2=0.99", "optim.lr_generator=3e-4", "train.seed=4"),
@@ -56,9 +57,7 @@ def _step_both(plain, pack, steps):
     for i in range(steps):
         plain_losses = []
         for trainer, (trial_order, trial_flips) in zip(plain, plans):
-            trainer._set_lr()
-            plain_losses.append(trainer.train_step(apply_flip(data.train[trial_order[i]], trial_flips[i])))
-            trainer.step += 1
+            plain_losses.append(trainer.scheduled_step(apply_flip(data.train[trial_order[i]], trial_flips[i])))
         history.append((plain_losses, pack.step(pack.next_batch(order[i], flips[i]), lr_table[i])))
     for trainer in pack.trainers:
         trainer.step += steps
@@ -96,8 +95,8 @@ def test_packed_steps_match_in_float32_before_any_kink():
 def test_packed_epoch_reports_what_train_epoch_reports():
     plain, data = _trainers()
     packed, _ = _trainers(data)
-    plain_losses = [t.train_epoch() for t in plain]
-    packed_losses = PackedTrainer(packed).train_epoch()
+    plain_losses = [train_epoch(t)[0] for t in plain]
+    packed_losses = train_epoch(PackedTrainer(packed))
     for a, b, la, lb in zip(plain, packed, plain_losses, packed_losses):
         assert la.keys() == lb.keys() and a.step == b.step and a.epoch == b.epoch == 1
         assert la["loss_g"] == pytest.approx(lb["loss_g"], rel=1e-2)
@@ -108,9 +107,9 @@ def test_weights_and_adam_state_match_after_sync(float64):
     plain, data = _trainers()
     packed_trainers, _ = _trainers(data)
     for t in plain:
-        t.train_epoch()
+        train_epoch(t)
     pack = PackedTrainer(packed_trainers)
-    pack.train_epoch()
+    train_epoch(pack)
     pack.sync()
     for a, b in zip(plain, packed_trainers):
         for net in ("generator", "discriminator"):
@@ -128,21 +127,21 @@ def test_packed_checkpoint_resumes_on_the_plain_path_and_back(float64):
     reference, data = _trainers()
     for _ in range(3):
         for t in reference:
-            t.train_epoch()
+            train_epoch(t)
     mixed, _ = _trainers(data)
     for t in mixed:
-        t.train_epoch()
+        train_epoch(t)
     states = [t.state_dict() for t in mixed]
     fresh, _ = _trainers(data)
     for t, s in zip(fresh, states):
         t.load_state_dict(s)
     pack = PackedTrainer(fresh)
-    pack.train_epoch()
+    train_epoch(pack)
     states = [t.state_dict() for t in pack.sync()]
     final, _ = _trainers(data)
     for t, s in zip(final, states):
         t.load_state_dict(s)
-        t.train_epoch()
+        train_epoch(t)
     for a, b in zip(reference, final):
         assert _relative(_flat(a.generator), _flat(b.generator)) < 1e-7
         assert a.evaluate()["val_saturation"] == pytest.approx(b.evaluate()["val_saturation"], rel=1e-6)
@@ -161,5 +160,5 @@ def test_trials_just_evaluated_pack_with_trials_just_joined():
     reported.evaluate()
     assert not reported.generator.training and joined.generator.training
     pack = PackedTrainer([reported, joined])
-    pack.train_epoch()
+    train_epoch(pack)
     assert pack.g_base.training and pack.d_base.training

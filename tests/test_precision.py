@@ -20,9 +20,7 @@ def _plain_curve(trainer: Trainer, steps: int) -> torch.Tensor:
     order, flips = epoch_plan(len(trainer.data.train), trainer.cfg.train.batch_size, trainer.rng, True)
     losses = []
     for i in range(steps):
-        trainer._set_lr()
-        out = trainer.train_step(apply_flip(trainer.data.train[order[i]], flips[i]))
-        trainer.step += 1
+        out = trainer.scheduled_step(apply_flip(trainer.data.train[order[i]], flips[i]))
         losses.append(torch.stack([out["loss_g"], out["loss_l1"]]))
     return torch.stack(losses)
 

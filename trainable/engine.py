@@ -2,17 +2,19 @@
 
 One `train_step` is a discriminator update then a generator update (pix2pix order). Losses are
 summed on the device and read back once per epoch, so the step itself never waits for the host.
+An epoch is `trainable.loop.train_epoch`; a `Trainer` changes no process-wide state (that is
+`setup_process`, called once by each entry point).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 
 import numpy as np
 import torch
 
 from trainable.color import lab_normalized_to_rgb
 from trainable.config import Config, flatten, from_dict, to_dict
-from trainable.data import ColorData, apply_flip, epoch_plan, load_data
+from trainable.data import ColorData, load_data
 from trainable.losses import discriminator_loss, generator_loss
 from trainable.metrics import MetricAccumulator
 from trainable.models import build_models
@@ -24,6 +26,9 @@ STATE_FORMAT = "colorsweep-trainer"
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.threads", "train.eval_batch_size",
                      "train.precision", "train.cuda_graph", "train.fused_adam", "train.channels_last",
                      "data.path", "data.download")
+# Building the nets draws from torch's global CPU generator; Trainers built at once in several
+# threads (the pack server) take turns, so each gets the weights of its own seed.
+_INIT_LOCK = threading.Lock()
 
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -48,10 +53,21 @@ def native_bf16_cpu() -> bool:
     return bool(probe and probe())
 
 
+def setup_process(cfg: Config) -> None:
+    """Process-wide torch settings for a process that trains `cfg`, set once by each entry point
+    (the CLI and final run through `run_training`, a Tune trial, the pack server)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if resolve_device(cfg.train.device).type == "cpu":
+        # Near-gray pixels give denormal ab values, slow on x86 (README, Speed); zero looks the same.
+        torch.set_flush_denormal(True)
+    torch.manual_seed(cfg.train.seed)
+
+
 def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32. On CUDA, bf16 pays only at large batches or in a
-    captured graph: at batch 128 the eager step is launch-bound and bf16 autocast is slower. On a
-    CPU with AMX it pays at every width (bench/train_speed.py: 1.3× at width 0.25, 1.6× at 1)."""
+    captured graph (the eager step at batch 128 is launch-bound); on a CPU with AMX at every width
+    (README, Speed)."""
     choice = cfg.train.precision
     if choice == "fp32":
         return None
@@ -66,7 +82,7 @@ def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
-    """channels_last where it was measured to pay (the CPU: 1.1× fp32, 1.15× bf16 at width 0.25)."""
+    """channels_last where it was measured to pay: the CPU (README, Speed)."""
     on = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cpu")
     return torch.channels_last if on else torch.contiguous_format
 
@@ -75,17 +91,13 @@ class Trainer:
     def __init__(self, cfg: Config, data: ColorData | None = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        if self.device.type == "cpu":
-            # Near-gray pixels give denormal ab values; x86 arithmetic on denormals ran the naive CPU
-            # loop 6× slower here (bench/train_speed.py). Flushing them to zero changes nothing visible.
-            torch.set_flush_denormal(True)
-        torch.manual_seed(cfg.train.seed)
         self.memory_format = resolve_memory_format(cfg, self.device)
         self.data = data if data is not None else load_data(cfg.data, self.device, self.memory_format)
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):     # the global generator is put back
+            torch.default_generator.manual_seed(cfg.train.seed)
+            nets = build_models(cfg)
         self.generator, self.discriminator = (m.to(self.device, memory_format=self.memory_format)
-                                              for m in build_models(cfg))
+                                              for m in nets)
         fused = cfg.train.fused_adam == "on" or (cfg.train.fused_adam == "auto" and self.device.type == "cuda")
         betas = (cfg.optim.beta1, cfg.optim.beta2)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.lr_generator,
@@ -98,14 +110,13 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(cfg.train.seed)   # data order and flips
         self.epoch = 0
         self.step = 0
-        self._graphed: tuple | None = None     # (PackedTrainer of this trainer alone, graph cache)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype is not None)
 
-    def _set_lr(self) -> None:
-        factor = self.schedule.factor(self.step)
+    def set_lr(self, factor: float) -> None:
+        """Both optimizers' lr: the base rates times `factor` (the schedule's, for the next step)."""
         for group in self.opt_g.param_groups:
             group["lr"] = self.cfg.optim.lr_generator * factor
         for group in self.opt_d.param_groups:
@@ -138,42 +149,12 @@ class Trainer:
         self.discriminator.requires_grad_(True)
         return {k: v.detach() for k, v in {**d_losses, **g_losses}.items()}
 
-    def _graphed_epoch(self) -> dict[str, float]:
-        """The epoch through the packed step (K = 1) replayed from one CUDA graph."""
-        from trainable.graphs import graphed_train_epoch       # packed imports this module
-        from trainable.packed import PackedTrainer
-        if self._graphed is None:
-            self._graphed = (PackedTrainer([self]), {})
-        pack, cache = self._graphed
-        means = graphed_train_epoch(pack, cache)[0]
-        pack.sync()
-        return means
-
-    def train_epoch(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
-        """One pass over the training images; returns the epoch's mean losses and the lr."""
-        if self.device.type == "cuda" and self.cfg.train.cuda_graph == "on":
-            return self._graphed_epoch()
-        self.generator.train()
-        self.discriminator.train()
-        order, flips = epoch_plan(len(self.data.train), self.cfg.train.batch_size, self.rng, self.cfg.data.flip)
-        order = order.to(self.device)
-        flips = flips.to(self.device) if flips is not None else None
-        sums: dict[str, torch.Tensor] = {}
-        for i in range(len(order)):
-            batch = self.data.train[order[i]]
-            if flips is not None:
-                batch = apply_flip(batch, flips[i])
-            self._set_lr()
-            for key, value in self.train_step(batch).items():
-                sums[key] = sums[key] + value if key in sums else value
-            self.step += 1
-            if progress is not None:
-                progress(i + 1, len(order))
-        self.epoch += 1
-        means = {key: float(value) / len(order) for key, value in sums.items()}
-        self.schedule.end_epoch(means["loss_l1"])
-        means["lr_generator"] = self.opt_g.param_groups[0]["lr"]
-        return means
+    def scheduled_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step outside an epoch: the schedule's lr for this step, `train_step`, the step counted."""
+        self.set_lr(self.schedule.factor(self.step))
+        losses = self.train_step(batch)
+        self.step += 1
+        return losses
 
     @torch.no_grad()
     def colorize(self, gray: torch.Tensor) -> torch.Tensor:
@@ -216,7 +197,6 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         check_resumable(state, self.cfg)
-        self._graphed = None                   # the packed copy would be stale
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
@@ -224,10 +204,9 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
+        # torch's global RNG states are saved but not restored: no step draws from them (randomness
+        # comes from self.rng), and setting them would reach every trainer of the process
         self.rng.set_state(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"])
 
 
 def check_resumable(state: dict, cfg: Config) -> None:

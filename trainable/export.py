@@ -26,11 +26,12 @@ def controlled_targets(cfg: Config) -> dict[str, dict[str, float]]:
     return {name: {"target": c.target, "weight": c.weight} for name, c in cfg.loss.controlled().items()}
 
 
-def export_generator(trainer, path: str | Path) -> Path:
-    """Write `trainer`'s generator, config and targets to `path` (atomically)."""
-    weights = {k: v.detach().cpu() for k, v in trainer.generator.state_dict().items()}
-    payload = {"format": EXPORT_FORMAT, "version": 1, "config": to_dict(trainer.cfg),
-               "targets": controlled_targets(trainer.cfg), "epoch": trainer.epoch, "generator": weights}
+def export_generator(weights: dict[str, torch.Tensor], cfg: Config, epoch: int, path: str | Path) -> Path:
+    """Write a generator's weights (its state dict), its config, its targets and the epoch it was
+    trained to, to `path` (atomically)."""
+    weights = {k: v.detach().cpu() for k, v in weights.items()}
+    payload = {"format": EXPORT_FORMAT, "version": 1, "config": to_dict(cfg),
+               "targets": controlled_targets(cfg), "epoch": epoch, "generator": weights}
     atomic_torch_save(payload, Path(path))
     return Path(path)
 

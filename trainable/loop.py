@@ -1,32 +1,124 @@
-"""The resumable training loop shared by `trainable.train`, the final run and the benchmarks.
+"""The one training loop, used by `trainable.train`, a Tune trial, a packed trial and `sweep.final`.
 
-Per epoch: train, evaluate, append one JSON line to `metrics.jsonl`, then write the checkpoint.
-A crash between the two leaves a metrics line newer than the checkpoint; on resume such lines are
-dropped (rewritten atomically) and the epoch runs again, so the file never holds an epoch twice.
+- `steps_for(trainers)` is the one choice of how steps are taken: eager, packed or graphed.
+- `train_epoch(group)` is the one pass over the training images (of every trainer of a StepGroup).
+- `run_epochs(run, sink, epochs, every)` is the one epoch loop: it trains a `Run` (`LocalRun`, a
+  trainer in this process; or a packed trial's trainer in the pack server) and hands a report to a
+  `Sink` after every `every`-th epoch and the last. Callers differ only in their run and sink.
+- `run_training(cfg, directory)` is a training folder: it resumes from `checkpoint/` and reports to
+  `FolderSink`, which appends a line to `metrics.jsonl` and then writes the checkpoint. A crash
+  between the two leaves a metrics line newer than the checkpoint; on resume such lines are dropped
+  (rewritten atomically) and the epoch runs again, so the file never holds an epoch twice.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
+import torch
 import yaml
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import Config, to_dict
-from trainable.engine import Trainer
+from trainable.engine import Trainer, setup_process
+from trainable.graphs import GraphedTrainer
+from trainable.layout import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, write_text_atomic
+from trainable.packed import PackedTrainer
+from trainable.steps import EagerStep, StepGroup
 
 SUMMARY_KEYS = ("loss_d", "loss_g", "loss_l1", "loss_control", "val_control_error",
                 "val_saturation", "val_pixel_acc_5", "val_realism_abhist")
+SAMPLE_COUNT = 8
+StepProgress = Callable[[int, int], None]       # (steps done, steps in the epoch)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def steps_for(trainers: list[Trainer]) -> StepGroup:
+    """How these trainers step together: a CUDA graph when one asks for it (on CUDA), else alone
+    eagerly, else packed under vmap."""
+    if trainers[0].device.type == "cuda" and any(t.cfg.train.cuda_graph == "on" for t in trainers):
+        return GraphedTrainer(trainers)
+    return EagerStep(trainers[0]) if len(trainers) == 1 else PackedTrainer(trainers)
+
+
+def train_epoch(group: StepGroup | Trainer, progress: StepProgress | None = None) -> list[dict[str, float]]:
+    """One pass over the training images by every trainer of `group` (a lone Trainer: as
+    `steps_for` steps it); → each trainer's mean losses and lr. Stacked state is synced back."""
+    group = steps_for([group]) if isinstance(group, Trainer) else group
+    for trainer in group.trainers:          # evaluate() leaves the nets in eval mode
+        trainer.generator.train()
+        trainer.discriminator.train()
+    order, flips = group.plan_epoch()
+    lr_table = group.lr_factors(len(order))
+    sums: dict[str, torch.Tensor] = {}
+    for i in range(len(order)):
+        for key, value in group.step(group.next_batch(order[i], flips[i]), lr_table[i]).items():
+            sums[key] = sums[key] + value if key in sums else value
+        if progress is not None:
+            progress(i + 1, len(order))
+    results = group.end_epoch(sums, len(order))
+    group.sync()
+    return results
+
+
+class Run(Protocol):
+    """What `run_epochs` trains: one trial's trainer, wherever it lives."""
+    epoch: int
+
+    def advance(self, progress: StepProgress | None) -> dict[str, float]:
+        """Train one epoch; → its mean losses."""
+
+    def report(self, grid: bool) -> tuple[dict[str, float], dict, np.ndarray | None]:
+        """(validation metrics, full trainer state, the sample grid when `grid`)."""
+
+
+class Sink(Protocol):
+    """Where reports go: files, Tune, MLflow (through a callback)."""
+    wants_grid: bool
+
+    def report(self, row: dict, state: dict, grid: np.ndarray | None) -> None:
+        """`row` is {"epoch", the last epoch's losses, the validation metrics}."""
+
+
+def report_of(trainer: Trainer, grid: bool) -> tuple[dict[str, float], dict, np.ndarray | None]:
+    return trainer.evaluate(), trainer.state_dict(), trainer.sample_grid(SAMPLE_COUNT) if grid else None
+
+
+class LocalRun:
+    """A trainer in this process; its StepGroup is kept across epochs (a CUDA graph is captured once)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.group = trainer, None
+
+    @property
+    def epoch(self) -> int:
+        return self.trainer.epoch
+
+    def advance(self, progress: StepProgress | None = None) -> dict[str, float]:
+        self.group = self.group or steps_for([self.trainer])
+        return train_epoch(self.group, progress)[0]
+
+    def report(self, grid: bool) -> tuple[dict[str, float], dict, np.ndarray | None]:
+        return report_of(self.trainer, grid)
+
+
+def run_epochs(run: Run, sink: Sink, epochs: int, every: int = 1, progress: StepProgress | None = None) -> None:
+    """Train `run` up to `epochs`, reporting after every `every`-th epoch and the last. A run
+    restored at its last epoch still reports once: Tune marks a trial done only on a report."""
+    losses: dict[str, float] = {}
+    reported = False
+    while run.epoch < epochs or not reported:
+        target = min(epochs, (run.epoch // every + 1) * every)
+        while run.epoch < target:
+            losses = run.advance(progress)
+        reported = True
+        metrics, state, grid = run.report(sink.wants_grid)
+        sink.report({"epoch": run.epoch, **losses, **metrics}, state, grid)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -48,13 +140,47 @@ def summary_line(row: dict, seconds: float, epochs: int) -> str:
     return "  ".join(parts)
 
 
+class FolderSink:
+    """A training folder: per report a metrics.jsonl line, then the checkpoint, then a summary line."""
+    wants_grid = False
+
+    def __init__(self, directory: Path, epochs: int, console: Console,
+                 on_report: Callable[[dict], None] | None = None):
+        self.directory, self.epochs, self.console, self.on_report = directory, epochs, console, on_report
+        self.started = time.perf_counter()
+
+    def report(self, row: dict, state: dict, grid: np.ndarray | None) -> None:
+        with open(self.directory / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        save_checkpoint(self.directory / CHECKPOINT_DIR, state)
+        self.console.print(summary_line(row, time.perf_counter() - self.started, self.epochs), soft_wrap=True)
+        self.started = time.perf_counter()
+        if self.on_report is not None:
+            self.on_report(row)
+
+
+class EpochBar:
+    """The progress callback of `run_training`: one transient bar per epoch."""
+
+    def __init__(self, bar: Progress, trainer: Trainer):
+        self.bar, self.trainer, self.task = bar, trainer, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=total, epoch=self.trainer.epoch + 1)
+        self.bar.update(self.task, completed=done)
+        if done == total:
+            self.bar.remove_task(self.task)
+            self.task = None
+
+
 def resume(trainer: Trainer, directory: Path) -> None:
     """Load the newest checkpoint in `directory/checkpoint`, if any, and trim metrics.jsonl to it."""
-    state = load_checkpoint(directory / "checkpoint")
+    state = load_checkpoint(directory / CHECKPOINT_DIR)
     if state is not None:
         trainer.load_state_dict(state)
-        print(f"resumed from {directory / 'checkpoint'} at epoch {trainer.epoch}")
-    _trim_metrics(directory / "metrics.jsonl", trainer.epoch)
+        print(f"resumed from {directory / CHECKPOINT_DIR} at epoch {trainer.epoch}")
+    _trim_metrics(directory / METRICS_FILE, trainer.epoch)
 
 
 def run_training(cfg: Config, directory: str | Path, progress: bool = True,
@@ -62,28 +188,19 @@ def run_training(cfg: Config, directory: str | Path, progress: bool = True,
                  trainer: Trainer | None = None) -> Trainer:
     """Train `cfg` in `directory` up to cfg.train.epochs, resuming from what is there."""
     directory = Path(directory)
+    setup_process(cfg)
     trainer = trainer or Trainer(cfg)         # bad data fails here, before any folder is made
     directory.mkdir(parents=True, exist_ok=True)
     resume(trainer, directory)
-    write_text_atomic(directory / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(directory / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if trainer.epoch >= cfg.train.epochs:
         print(f"{directory}: already trained {trainer.epoch} of {cfg.train.epochs} epochs")
         return trainer
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
     with Progress(*columns, transient=True, disable=not progress) as bar:
-        while trainer.epoch < cfg.train.epochs:
-            task = bar.add_task("train", total=None, epoch=trainer.epoch + 1)
-            started = time.perf_counter()
-            row = {"epoch": trainer.epoch + 1}
-            row.update(trainer.train_epoch(lambda done, total: bar.update(task, completed=done, total=total)))
-            row.update(trainer.evaluate())
-            bar.remove_task(task)
-            with open(directory / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            save_checkpoint(directory / "checkpoint", trainer.state_dict())
-            bar.console.print(summary_line(row, time.perf_counter() - started, cfg.train.epochs), soft_wrap=True)
-            if on_report is not None:
-                on_report(trainer, row)
+        callback = (lambda row: on_report(trainer, row)) if on_report is not None else None
+        sink = FolderSink(directory, cfg.train.epochs, bar.console, callback)
+        run_epochs(LocalRun(trainer), sink, cfg.train.epochs, progress=EpochBar(bar, trainer))
     print(f"done: {trainer.epoch} epochs; checkpoint, config.yaml and metrics.jsonl in {directory}")
     return trainer

@@ -10,7 +10,7 @@ The stacked tensors are the truth while packed; `sync()` writes them back into t
 objects, whose `state_dict()` is the ordinary checkpoint format, so a packed trial resumes on the
 plain path and back. Adam is written out here (the same arithmetic as torch's) because its learning
 rate, betas and step differ per trial; on CUDA the whole step can be captured in one graph
-(`trainable.graphs`).
+(`trainable.graphs`). Epoch planning and bookkeeping are `trainable.steps.StepGroup`'s.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from trainable.color import lab_normalized_to_rgb
-from trainable.config import flatten, to_dict
-from trainable.data import apply_flip, epoch_plan
+from trainable.config import Config, flatten, to_dict
 from trainable.engine import Trainer, full_precision
 from trainable.losses import discriminator_loss, generator_loss
 from trainable.names import SHARED_KEYS
+from trainable.steps import StepGroup
 
 ADAM_EPS = 1e-8
 
@@ -76,14 +76,19 @@ def optimizer_states(trainer_optimizer: torch.optim.Adam) -> list[dict]:
     return [trainer_optimizer.state.get(p, {}) for p in trainer_optimizer.param_groups[0]["params"]]
 
 
+def pack_signature(cfg: Config) -> tuple[tuple[str, str], ...]:
+    """The config values trials must share to step in one pack (SHARED_KEYS), comparable and hashable."""
+    flat = flatten(to_dict(cfg))
+    return tuple((key, repr(flat[key])) for key in sorted(flat) if key.startswith(SHARED_KEYS))
+
+
 def check_packable(trainers: list[Trainer]) -> None:
     """Trials can share a pack only with the same data, architecture, batch and device."""
-    first = flatten(to_dict(trainers[0].cfg))
+    first = pack_signature(trainers[0].cfg)
     for trainer in trainers[1:]:
-        other = flatten(to_dict(trainer.cfg))
-        for key in first:
-            if key.startswith(SHARED_KEYS) and first[key] != other[key]:
-                raise ValueError(f"{key}: trials in one pack must share it ({first[key]!r} vs {other[key]!r})")
+        for (key, mine), (_, theirs) in zip(first, pack_signature(trainer.cfg)):
+            if mine != theirs:
+                raise ValueError(f"{key}: trials in one pack must share it ({mine} vs {theirs})")
         if trainer.data is not trainers[0].data and len(trainer.data.train) != len(trainers[0].data.train):
             raise ValueError("data: trials in one pack must train on the same images")
 
@@ -108,16 +113,15 @@ def _functional_base(module: nn.Module, half: bool) -> tuple[nn.Module, set[str]
     return base, norms
 
 
-class PackedTrainer:
+class PackedTrainer(StepGroup):
     """K trainers stepped as one. Half precision is explicit casts, not autocast: under vmap,
     autocast leaves convolutions in fp32 (seen on the CPU; pytorch/functorch#305)."""
 
     def __init__(self, trainers: list[Trainer]):
         check_packable(trainers)
-        self.trainers = trainers
+        super().__init__(trainers)
         lead = trainers[0]
-        self.device, self.data, self.autocast_dtype = lead.device, lead.data, lead.autocast_dtype
-        self.memory_format = lead.memory_format
+        self.autocast_dtype = lead.autocast_dtype
         if self.autocast_dtype == torch.float16:
             raise ValueError("train.precision: fp16 needs a loss scaler, which packed and graphed steps "
                              "do not have; use bf16 or fp32")
@@ -155,11 +159,6 @@ class PackedTrainer:
         params = params if params is not None else self._lowered(self.d_params, self.d_norms)
         return self._call(self.d_base, params, self.d_buffers, pairs)
 
-    def lr_factors(self, steps: int = 1) -> torch.Tensor:
-        """(steps, K) lr multipliers for the next `steps` steps, built on the host and copied once."""
-        table = [[t.schedule.factor(t.step + i) for t in self.trainers] for i in range(steps)]
-        return torch.tensor(table, device=self.device)
-
     def step(self, batch: torch.Tensor, lr_factor: torch.Tensor) -> dict[str, torch.Tensor]:
         """One D then G update of every trial; batch is (K, B, 3, H, W). Returns (K,) losses."""
         gray, real_ab = batch[:, :, :1], batch[:, :, 1:]
@@ -189,45 +188,6 @@ class PackedTrainer:
         keys = dict.fromkeys(key for m in merged for key in m)      # control_<p> differ per trial
         missing = torch.full((), float("nan"), device=self.device)
         return {key: torch.stack([m[key] if key in m else missing for m in merged]).detach() for key in keys}
-
-    def plan_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every trial's epoch (its order, its flips, from its own generator) on the device at once:
-        (steps, K, B) indices and flip mask (all False where a trial does not flip)."""
-        count = len(self.data.train)
-        orders, flips = [], []
-        for trainer in self.trainers:
-            order, flip = epoch_plan(count, trainer.cfg.train.batch_size, trainer.rng, trainer.cfg.data.flip)
-            orders.append(order)
-            flips.append(flip if flip is not None else torch.zeros_like(order, dtype=torch.bool))
-        return torch.stack(orders, 1).to(self.device), torch.stack(flips, 1).to(self.device)
-
-    def next_batch(self, order: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """(K, B) indices and flips of one step → the (K, B, 3, H, W) batch."""
-        batch = self.data.train[order.flatten()]
-        # no copy when the data came from load_data in this memory format (gathers keep the layout)
-        batch = apply_flip(batch, flips.flatten()).contiguous(memory_format=self.memory_format)
-        return batch.view(*order.shape, *batch.shape[1:])
-
-    def train_epoch(self, step_fn=None) -> list[dict[str, float]]:
-        """One epoch of every trial; returns each trial's mean losses (as Trainer.train_epoch)."""
-        step_fn = step_fn or self.step
-        order, flips = self.plan_epoch()
-        lr_table = self.lr_factors(len(order))
-        sums: dict[str, torch.Tensor] = {}
-        for i in range(len(order)):
-            for key, value in step_fn(self.next_batch(order[i], flips[i]), lr_table[i]).items():
-                sums[key] = sums[key] + value if key in sums else value
-        for trainer in self.trainers:
-            trainer.step += len(order)
-        host = {key: (value / len(order)).tolist() for key, value in sums.items()}
-        results = []
-        for k, trainer in enumerate(self.trainers):
-            trainer.epoch += 1
-            means = {key: values[k] for key, values in host.items() if values[k] == values[k]}  # not NaN
-            trainer.schedule.end_epoch(means["loss_l1"])
-            means["lr_generator"] = trainer.cfg.optim.lr_generator * trainer.schedule.factor(trainer.step - 1)
-            results.append(means)
-        return results
 
     @torch.no_grad()
     def sync(self) -> list[Trainer]:

@@ -1,0 +1,94 @@
+"""K trainers that train on the same data, and how one step of theirs is taken.
+
+A `StepGroup` plans an epoch for each of its trainers (its own order and flips, from its own
+generator), gathers the (K, B, 3, H, W) batch of one step, builds the per-step lr factors and does
+the bookkeeping at the end of an epoch (step and epoch counts, the schedule, the mean losses).
+Subclasses only say how a step is taken: `EagerStep` (K = 1: the trainer's own `train_step`),
+`trainable.packed.PackedTrainer` (K models stacked under vmap) and `trainable.graphs.GraphedTrainer`
+(the packed step replayed from a CUDA graph). `trainable.loop.steps_for` picks one; the epoch that
+drives them is `trainable.loop.train_epoch`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trainable.data import apply_flip, epoch_plan
+from trainable.engine import Trainer
+
+
+class StepGroup:
+    def __init__(self, trainers: list[Trainer]):
+        self.trainers = trainers
+        lead = trainers[0]
+        self.device, self.data, self.memory_format = lead.device, lead.data, lead.memory_format
+
+    def step(self, batch: torch.Tensor, lr_factor) -> dict[str, torch.Tensor]:
+        """One D then G update of every trainer; batch is (K, B, 3, H, W). Returns (K,) losses,
+        NaN where a trainer has no such loss (control_<p> of a statistic it does not control)."""
+        raise NotImplementedError
+
+    def sync(self) -> list[Trainer]:
+        """Write state held outside the trainers back into them (nothing here)."""
+        return self.trainers
+
+    def lr_table(self, steps: int) -> list[list[float]]:
+        return [[t.schedule.factor(t.step + i) for t in self.trainers] for i in range(steps)]
+
+    def lr_factors(self, steps: int = 1) -> torch.Tensor:
+        """(steps, K) lr multipliers for the next `steps` steps, built on the host and copied once."""
+        return torch.tensor(self.lr_table(steps), device=self.device)
+
+    def plan_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every trainer's epoch on the device at once: (steps, K, B) indices and flip mask (all
+        False where a trainer does not flip)."""
+        count = len(self.data.train)
+        orders, flips = [], []
+        for trainer in self.trainers:
+            order, flip = epoch_plan(count, trainer.cfg.train.batch_size, trainer.rng, trainer.cfg.data.flip)
+            orders.append(order)
+            flips.append(flip if flip is not None else torch.zeros_like(order, dtype=torch.bool))
+        return torch.stack(orders, 1).to(self.device), torch.stack(flips, 1).to(self.device)
+
+    def next_batch(self, order: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """(K, B) indices and flips of one step → the (K, B, 3, H, W) batch."""
+        batch = self.data.train[order.flatten()]
+        # no copy when the data came from load_data in this memory format (gathers keep the layout)
+        batch = apply_flip(batch, flips.flatten()).contiguous(memory_format=self.memory_format)
+        return batch.view(*order.shape, *batch.shape[1:])
+
+    def end_epoch(self, sums: dict[str, torch.Tensor], steps: int) -> list[dict[str, float]]:
+        """Count the epoch's steps in every trainer, step its schedule; → each one's mean losses
+        and the generator's lr of the epoch's last step."""
+        host = {key: [v / steps for v in value.tolist()] for key, value in sums.items()}   # one sync
+        results = []
+        for k, trainer in enumerate(self.trainers):
+            trainer.step += steps
+            trainer.epoch += 1
+            means = {key: values[k] for key, values in host.items() if _owns(trainer, key, values[k])}
+            means["lr_generator"] = trainer.cfg.optim.lr_generator * trainer.schedule.factor(trainer.step - 1)
+            trainer.schedule.end_epoch(means["loss_l1"])
+            results.append(means)
+        return results
+
+
+def _owns(trainer: Trainer, key: str, value: float) -> bool:
+    """False for the NaN a packed step puts where this trainer has no such loss."""
+    return not (math.isnan(value) and key.startswith("control_")
+                and key.removeprefix("control_") not in trainer.cfg.loss.controlled())
+
+
+class EagerStep(StepGroup):
+    """One trainer stepped by its own `train_step` (autocast, torch's Adam, a scaler for fp16)."""
+
+    def __init__(self, trainer: Trainer):
+        super().__init__([trainer])
+
+    def lr_factors(self, steps: int = 1) -> list[list[float]]:
+        return self.lr_table(steps)          # host floats: setting an optimizer's lr reads them there
+
+    def step(self, batch: torch.Tensor, lr_factor) -> dict[str, torch.Tensor]:
+        trainer = self.trainers[0]
+        trainer.set_lr(lr_factor[0])
+        return {key: value.unsqueeze(0) for key, value in trainer.train_step(batch[0]).items()}
