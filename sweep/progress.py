@@ -247,7 +247,8 @@ class SweepDisplay:
             self._live = None
 
 
-def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking_uri: str, outcome: str) -> None:
+def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking_uri: str, outcome: str,
+                 experiment_id: str | None = None) -> None:
     front = pareto_front(rows, spec.objectives)
     label = "best trials (Pareto front)" if len(spec.objectives) > 1 else "best trial"
     if front:
@@ -259,3 +260,6 @@ def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking
     console.print(Text(outcome))
     console.print(Text(f"results:  {sweep_dir}"))
     console.print(Text(f"MLflow:   experiment '{spec.name}' — see it with: mlflow ui --backend-store-uri {tracking_uri}"))
+    if experiment_id is not None:
+        from analysis.store import runs_view_url
+        console.print(Text(f"          then open {runs_view_url(experiment_id)}"))

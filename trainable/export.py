@@ -1,8 +1,9 @@
 """A trained generator as one file, and loading a generator from such a file or a checkpoint.
 
 The export holds plain data only (tensors, numbers, strings): the generator's weights, the full
-config it was trained with and the targets of its controlled statistics. Everything is read with
-`torch.load(weights_only=True)`: a file that tries to run code while unpickling is refused.
+config it was trained with, the targets of its controlled statistics and the ranges of its
+conditioned ones. Everything is read with `torch.load(weights_only=True)`: a file that tries to run
+code while unpickling is refused.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from trainable.checkpoint import LATEST, CheckpointError, atomic_torch_save, load_checkpoint, safe_load
 from trainable.config import Config, ConfigError, from_dict, to_dict
 from trainable.engine import STATE_FORMAT
-from trainable.models import Generator
+from trainable.models import Generator, build_generator
 
 EXPORT_FORMAT = "colorsweep-generator"
 
@@ -26,12 +27,18 @@ def controlled_targets(cfg: Config) -> dict[str, dict[str, float]]:
     return {name: {"target": c.target, "weight": c.weight} for name, c in cfg.loss.controlled().items()}
 
 
+def conditioned_ranges(cfg: Config) -> dict[str, list[float]]:
+    """The inputs of a conditioned generator and their training ranges ({} when unconditioned)."""
+    return {name: list(c.range) for name, c in cfg.loss.conditioned().items()}
+
+
 def export_generator(weights: dict[str, torch.Tensor], cfg: Config, epoch: int, path: str | Path) -> Path:
     """Write a generator's weights (its state dict), its config, its targets and the epoch it was
     trained to, to `path` (atomically)."""
     weights = {k: v.detach().cpu() for k, v in weights.items()}
     payload = {"format": EXPORT_FORMAT, "version": 1, "config": to_dict(cfg),
-               "targets": controlled_targets(cfg), "epoch": epoch, "generator": weights}
+               "targets": controlled_targets(cfg), "ranges": conditioned_ranges(cfg),
+               "epoch": epoch, "generator": weights}
     atomic_torch_save(payload, Path(path))
     return Path(path)
 
@@ -66,7 +73,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         cfg = from_dict(payload["config"])
     except (ConfigError, KeyError, TypeError) as err:
         raise ModelError(f"{path}: model config unreadable: {err}") from None
-    generator = Generator(cfg.data.image_size, cfg.model.width)
+    generator = build_generator(cfg)
     try:
         generator.load_state_dict(payload["generator"])
     except (RuntimeError, KeyError) as err:
