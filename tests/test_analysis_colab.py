@@ -6,12 +6,10 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.sweep_fixtures import ROOT, launch_env
-from tests.test_analysis_smoke import smoke_sweep_dir
+from tests.helpers import ROOT, launch_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,11 +21,11 @@ def colab_commands() -> list[str]:
     return [line[1:] for block in blocks for line in block.splitlines() if line.startswith("!python -m ")]
 
 
-def test_colab_commands_run_on_the_smoke_sweep(tmp_path_factory):
+def test_colab_commands_run_on_the_smoke_sweep(smoke_sweep_dir):
     commands = colab_commands()
     assert [c.split()[2] for c in commands] == ["sweep.launch", "analysis.rank", "analysis.report",
                                                 "sweep.final", "sweep.colorize"]
-    folder = smoke_sweep_dir(tmp_path_factory).parents[1]  # $S holds sweeps/ and mlflow.db
+    folder = smoke_sweep_dir.parents[1]  # $S holds sweeps/ and mlflow.db
     for command in commands:
         line = command.replace("$S", str(folder)).replace("saturation", "smoke")
         done = subprocess.run([sys.executable, *shlex.split(line)[1:]], cwd=ROOT, env=launch_env(),

@@ -17,27 +17,14 @@ from PIL import Image
 from analysis import rank, report
 from analysis.load import load_sweep
 from analysis.tracking import load_mlflow_sweep
-from tests.sweep_fixtures import run_launch, tracking_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OBJECTIVES = ["val_control_error", "val_realism_abhist"]
 
 
-def smoke_sweep_dir(tmp_path_factory) -> Path:
-    """`sweeps/smoke` of one launch per session (test_final.py shares it)."""
-    base = tmp_path_factory.getbasetemp() / "analysis_smoke"
-    sweep = base / "sweeps" / "smoke"
-    state = sweep / "colorsweep_state.json"
-    if not (state.exists() and json.loads(state.read_text())["finished"]):
-        base.mkdir(exist_ok=True)
-        done = run_launch(base, timeout=400)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return sweep
-
-
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory) -> Path:
-    return smoke_sweep_dir(tmp_path_factory)
+@pytest.fixture
+def sweep_dir(smoke_sweep_dir) -> Path:
+    return smoke_sweep_dir
 
 
 def test_rank_cli_marks_a_true_pareto_front(sweep_dir, tmp_path, capsys):

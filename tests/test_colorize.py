@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
 from sweep.colorize import main
+from tests.helpers import tiny_config
 from trainable.color import rgb_to_lab_normalized
 from trainable.checkpoint import atomic_torch_save
 from trainable.engine import Trainer

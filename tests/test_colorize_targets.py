@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
 from sweep.colorize import colorize_array, colorize_many, load_model, main, predict_ab, working_size
+from tests.helpers import tiny_config
 from trainable.checkpoint import save_checkpoint
 from trainable.engine import Trainer
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from tests.helpers import tiny_config
 from trainable.engine import Trainer, metric_names
 from trainable.loop import read_metrics, run_training, train_epoch
 
@@ -41,6 +41,7 @@ def test_sample_grid_shape():
     assert grid.dtype == np.uint8 and grid.shape == (3 * 64, 4 * 64, 3)
 
 
+@pytest.mark.slow
 def test_stop_and_resume_gives_the_same_weights(tmp_path):
     straight = run_training(tiny_config("train.epochs=3"), tmp_path / "straight", progress=False)
     run_training(tiny_config("train.epochs=1"), tmp_path / "split", progress=False)

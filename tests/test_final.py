@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,15 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from sweep import colorize, final
-from tests.sweep_fixtures import launch_env
-from tests.test_analysis_smoke import smoke_sweep_dir
+from tests.helpers import launch_env, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EPOCHS = 30
 
 
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory) -> Path:
-    return smoke_sweep_dir(tmp_path_factory)
+@pytest.fixture
+def sweep_dir(smoke_sweep_dir) -> Path:
+    return smoke_sweep_dir
 
 
 def final_command(sweep_dir: Path) -> list[str]:
@@ -38,9 +36,7 @@ def kill_after_first_checkpoint(sweep_dir: Path, log: Path) -> None:
         process = subprocess.Popen(final_command(sweep_dir), env=launch_env(), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     checkpoint = sweep_dir / "final" / "checkpoint" / "latest.pt"
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_until(checkpoint.exists, process), log.read_text()[-2000:]
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, log.read_text()[-2000:]

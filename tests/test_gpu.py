@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_config
+from tests.helpers import tiny_config
 from trainable.data import load_data
 from trainable.engine import Trainer
 from trainable.loop import train_epoch

@@ -2,24 +2,20 @@
 dir. Each test runs `python -m sweep.launch` as a user would, in a subprocess."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from trainable import layout as sweep_state
 from sweep.launch import main
 from sweep.spec import load_spec, resolved
-from tests.sweep_fixtures import (SMOKE, assert_complete, run_launch, sigkill_then_resume, trial_dirs,
-                                  trial_runs)
+from tests.helpers import (SMOKE, assert_complete, run_launch, sigkill_then_resume, trial_dirs,
+                           trial_runs)
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_smoke_sweep_end_to_end(tmp_path):
-    started = time.monotonic()
     done = run_launch(tmp_path)
-    wall = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert wall < 120, f"smoke sweep took {wall:.0f}s"
     assert "sweep finished: 4 trials" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
     assert_complete(tmp_path, epochs=2)
     run = trial_runs(tmp_path)[0]
@@ -36,12 +32,14 @@ def test_smoke_sweep_end_to_end(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_sigkill_then_same_command_resumes(tmp_path):
     # epochs of a second or two, so the kill lands mid-sweep
     sigkill_then_resume(tmp_path, 8, "--set", "data.synthetic_size=1200")
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_time_budget_stops_and_same_command_completes(tmp_path):
     # Ray's start, the trials' start and a restore take ~15 s here: 40 s leaves room to progress,
     # and 30 epochs of 1,200 images are more than one budget can hold.

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from conftest import tiny_config
 from sweep.pack_scheduler import PackScheduler
 from sweep.pack_server import _report, _train_group
+from tests.helpers import tiny_config
 from trainable.data import load_data
 from trainable.engine import Trainer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_config
+from tests.helpers import tiny_config
 from trainable.data import ColorData, apply_flip, epoch_plan, load_data
 from trainable.engine import Trainer
 from trainable.loop import train_epoch
@@ -65,6 +65,7 @@ def _step_both(plain, pack, steps):
     return history
 
 
+@pytest.mark.slow
 def test_packed_steps_equal_plain_steps_in_float64(float64):
     """20 steps of three differently configured trials: losses and weights within 1e-9 relative."""
     plain, data = _trainers()
@@ -92,6 +93,7 @@ def test_packed_steps_match_in_float32_before_any_kink():
         assert _relative(_flat(a.generator), _flat(b.generator)) < 1e-4
 
 
+@pytest.mark.slow
 def test_packed_epoch_reports_what_train_epoch_reports():
     plain, data = _trainers()
     packed, _ = _trainers(data)
@@ -103,6 +105,7 @@ def test_packed_epoch_reports_what_train_epoch_reports():
         assert la["lr_generator"] == pytest.approx(lb["lr_generator"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_weights_and_adam_state_match_after_sync(float64):
     plain, data = _trainers()
     packed_trainers, _ = _trainers(data)
@@ -122,6 +125,7 @@ def test_weights_and_adam_state_match_after_sync(float64):
         assert a.opt_g.param_groups[0]["lr"] == pytest.approx(b.opt_g.param_groups[0]["lr"])
 
 
+@pytest.mark.slow
 def test_packed_checkpoint_resumes_on_the_plain_path_and_back(float64):
     """plain epoch 1 → packed epoch 2 → plain epoch 3 equals three plain epochs."""
     reference, data = _trainers()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from conftest import tiny_config
+from tests.helpers import tiny_config
 from trainable.data import apply_flip, epoch_plan, load_data
 from trainable.engine import Trainer, native_bf16_cpu, resolve_memory_format, resolve_precision
 from trainable.packed import PackedTrainer
@@ -36,6 +36,7 @@ def _packed_curve(trainer: Trainer, steps: int) -> torch.Tensor:
     return torch.stack(losses)
 
 
+@pytest.mark.slow
 def test_bf16_loss_curves_follow_fp32_over_100_steps():
     """The issue's bf16 criterion, plain (autocast) and packed (explicit casts): every step's
     generator and L1 loss within 1e-2 of the fp32 run's on the same batches."""

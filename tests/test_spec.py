@@ -1,7 +1,7 @@
 """Sweep specs: the shipped search spaces load; bad specs fail with one line naming the key."""
 from __future__ import annotations
 
-import time
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,16 +80,16 @@ def test_bad_specs_name_the_key(changes, key):
     assert "\n" not in str(info.value)
 
 
-def test_bad_spec_exits_2_before_ray_starts(tmp_path, capsys):
+def test_bad_spec_exits_2_before_ray_starts(tmp_path, capsys, monkeypatch):
     spec = tmp_path / "bad.yaml"
     bad = with_changes(space={"loss.hue.weight": {"type": "uniform", "low": -1, "high": 5}})
     spec.write_text(yaml.safe_dump(bad))
-    started = time.monotonic()
+    monkeypatch.setitem(sys.modules, "ray", None)      # an `import ray` from here on raises ImportError
     code = main([str(spec), "--storage", str(tmp_path / "sweeps")])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: space.loss.hue.weight:") and len(err.splitlines()) == 1
-    assert time.monotonic() - started < 10 and not (tmp_path / "sweeps").exists()
+    assert not (tmp_path / "sweeps").exists()
 
 
 def test_unsafe_yaml_is_refused(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, tiny_config
+from tests.helpers import TINY, tiny_config
 from trainable.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainable.config import load_config, to_dict
 from trainable.train import build_parser, config_from_args, main
@@ -76,6 +76,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
         load_checkpoint(tmp_path)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_module_entry_point_runs(tmp_path):
     cmd = [sys.executable, "-m", "trainable.train", *[f"--set={o}" for o in TINY],
            "--set=train.epochs=1", "--checkpoints-path", str(tmp_path), "--no-progress"]

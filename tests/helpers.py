@@ -1,0 +1,164 @@
+"""Helpers shared by the tests (plain functions; the fixtures built on them are in conftest.py): a tiny
+config that trains in seconds on the CPU, and `python -m sweep.launch` run in a real subprocess against
+a sweep folder and an MLflow sqlite store in a temp dir, with readers for what Tune and MLflow recorded."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from trainable.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+TINY = ["model.width=0.125", "data.dataset=synthetic", "data.synthetic_size=160", "train.batch_size=16",
+        "train.epochs=2", "train.eval_batch_size=64", "train.device=cpu", "train.threads=1"]
+CHECKPOINT_MARK = b"checkpoint_0".hex()
+POLL_S = 0.05   # how often a wait looks at the file system; it waits for the event, however long
+
+
+def tiny_config(*overrides: str) -> Config:
+    return load_config(None, [*TINY, *overrides])
+
+
+def wait_until(happened: Callable[[], bool], process: subprocess.Popen | None = None,
+               poll_s: float = POLL_S) -> bool:
+    """Poll until `happened()`; False as soon as `process` has exited without it happening."""
+    while not happened():
+        if process is not None and process.poll() is not None:
+            return happened()
+        time.sleep(poll_s)
+    return True
+
+
+def launch_command(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sweep.launch", str(SMOKE), "--storage", str(tmp_path / "sweeps"),
+            "--mlflow-uri", tracking_uri(tmp_path), *extra]
+
+
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def launch_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_launch(tmp_path: Path, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The same command a user types, from the temp dir (so ./mlruns lands there). `timeout` only
+    stops a hung launcher from hanging the test run."""
+    return subprocess.run(launch_command(tmp_path, *extra), cwd=tmp_path, env=launch_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_launch(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    """Started in its own session so the test can SIGKILL the whole process group."""
+    log = open(tmp_path / "first_run.log", "w")
+    return subprocess.Popen(launch_command(tmp_path, *extra), cwd=tmp_path, env=launch_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def trial_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.glob("train_*trial_*") if p.is_dir())   # train_packed_trial_* too
+
+
+def _newest_experiment_state(sweep_dir: Path) -> dict | None:
+    """Tune's newest experiment state file (by the time in its name: a restore can touch the older
+    files after the new one is written); None before the first one is complete."""
+    files = sorted(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
+    try:
+        return json.loads(files[-1].read_text()) if files else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def trial_statuses(sweep_dir: Path) -> dict[str, str]:
+    """trial_id → status from Tune's newest experiment state file."""
+    state = _newest_experiment_state(sweep_dir)
+    trials = [json.loads(trial_json) for trial_json, _runtime in state["trial_data"]]
+    return {trial["trial_id"]: trial["status"] for trial in trials}
+
+
+def recorded_a_checkpoint(sweep_dir: Path) -> bool:
+    """Whether Tune's experiment state names a trial checkpoint, so a restore resumes that trial from
+    it. The checkpoint manager is stored pickled and hex-encoded: look for the folder's name in it."""
+    state = _newest_experiment_state(sweep_dir)
+    runtimes = [runtime for _trial, runtime in state["trial_data"]] if state else []
+    return any(CHECKPOINT_MARK in runtime for runtime in runtimes)
+
+
+def iterations(trial_dir: Path) -> list[int]:
+    """training_iteration of every result the trial wrote, in order (result.json is appended)."""
+    lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
+    return [json.loads(line)["training_iteration"] for line in lines if line.strip()]
+
+
+def trial_runs(tmp_path: Path, name: str = "smoke") -> list:
+    from mlflow.tracking import MlflowClient   # here: MLflow takes seconds to import, most tests never need it
+    client = MlflowClient(tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], "tags.`colorsweep.role` = 'trial'")
+
+
+def epoch_steps(tmp_path: Path, run_id: str, metric: str = "val_control_error") -> list[int]:
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri(tmp_path))
+    return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+def assert_complete(tmp_path: Path, epochs: int) -> None:
+    """Every trial TERMINATED; exactly num_samples MLflow trial runs, one value per step."""
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    statuses = trial_statuses(sweep_dir)
+    assert len(statuses) == 4 and set(statuses.values()) == {"TERMINATED"}, statuses
+    runs = trial_runs(tmp_path)
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(statuses)
+    for run in runs:
+        assert epoch_steps(tmp_path, run.info.run_id) == list(range(1, epochs + 1))
+        assert run.info.status == "FINISHED"
+
+
+def make_smoke_sweep(base: Path) -> Path:
+    """`base/sweeps/smoke` made by one smoke launch, or the finished one already there."""
+    sweep = base / "sweeps" / "smoke"
+    state = sweep / "colorsweep_state.json"
+    if not (state.exists() and json.loads(state.read_text())["finished"]):
+        base.mkdir(exist_ok=True)
+        done = run_launch(base)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return sweep
+
+
+def sigkill_then_resume(tmp_path: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
+    """SIGKILL the launcher's whole process group once Tune has recorded a trial's first checkpoint,
+    run the same command (trials of `epochs` epochs) again, and check that it completes and that
+    trials continued from their checkpoints."""
+    extra = ("--set", f"train.epochs={epochs}", *extra)
+    process = start_launch(tmp_path, *extra)
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    recorded = wait_until(lambda: recorded_a_checkpoint(sweep_dir), process)
+    assert recorded, (tmp_path / "first_run.log").read_text()[-3000:]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
+    assert any(before.values()), "no trial reported before the kill"
+    assert not all(len(its) == epochs for its in before.values()), "sweep finished before the kill"
+    done = run_launch(tmp_path, *extra)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming smoke" in done.stdout
+    assert_complete(tmp_path, epochs=epochs)
+    resumed = [d for d in trial_dirs(sweep_dir) if before.get(d.name)]
+    assert resumed
+    for trial_dir in resumed:
+        after = iterations(trial_dir)[len(before[trial_dir.name]):]
+        if after:  # continued from its checkpoint: the count did not start again at 1
+            assert after[0] > 1, (trial_dir.name, before[trial_dir.name], after)
+            assert after[-1] == epochs
+    return done
