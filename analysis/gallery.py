@@ -19,6 +19,7 @@ from trainable.color import lab_normalized_to_uint8
 from trainable.config import Config
 from trainable.data import load_data
 from trainable.export import ModelError, load_generator
+from trainable.layout import SAMPLES
 
 
 def control_label(cfg: Config) -> str:
@@ -78,8 +79,8 @@ def params_label(row: pd.Series) -> str:
 
 def _samples_png(row: pd.Series) -> Path | None:
     for folder in (row["checkpoint"], row["path"]):
-        if folder and (Path(folder) / "samples.png").exists():
-            return Path(folder) / "samples.png"
+        if folder and (Path(folder) / SAMPLES).exists():
+            return Path(folder) / SAMPLES
     return None
 
 

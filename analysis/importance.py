@@ -127,6 +127,3 @@ def importance_summary(importances: pd.DataFrame) -> list[str]:
         lines.append(f"{metric}: {parts or 'not enough finished trials'}")
     return lines
 
-
-def objective_names(sweep: Sweep) -> Sequence[str]:
-    return [o.label for o in sweep.objectives]
