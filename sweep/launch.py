@@ -1,14 +1,17 @@
 """`python -m sweep.launch SPEC`: run, resume or report a sweep.
 
-Running the same command again resumes an unfinished sweep (Optuna state included; running trials
-continue from their last checkpoints). Exit status: 0 finished, 1 trials failed or Ray could not be
-reached, 2 bad spec or flags, 3 stopped at the time budget (state saved, run again to continue),
-130 interrupted by Ctrl+C (state saved).
+Before anything is made (sweep folder, MLflow store, Ray) the spec is checked, its paths are made
+absolute and the data is found or downloaded once. Running the same command again resumes an
+unfinished sweep (Optuna state included; running trials continue from their last checkpoints).
+Exit status: 0 finished, 1 trials failed or Ray could not be reached, 2 bad spec, flags or data,
+3 stopped at the time budget (state saved, run again to continue), 130 interrupted by Ctrl+C.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -17,10 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trainable import layout as sweep_state
-from sweep.spec import SpecError, SweepSpec, incompatibility, load_spec, resolved
+from sweep.spec import SpecError, SweepSpec, incompatibility, load_spec, resolved, with_resolved_paths
+from trainable.download import DataError
 
-EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
-PROGRESS_EVERY_S = 20.0
+EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# Ray's own lines that tell a user of this launcher nothing (our summary says it, or names this
+# command instead of `Tuner.restore`); every other warning and error still shows.
+RAY_CHATTER = ("Token authentication is enabled", "Resume experiment with", "Stop signal received",
+               "Trials did not complete")
 
 
 class LaunchError(RuntimeError):
@@ -39,23 +46,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_folder(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: str | None):
-    """--fresh moves old results aside; a resume must match the saved spec → the saved state."""
-    from analysis.tracking import move_experiment_aside, resolve_tracking_uri
+def rerun_command(argv: Sequence[str]) -> str:
+    """The command that continues this sweep: the one given, less --fresh (which would start over)."""
+    return shlex.join(["python", "-m", "sweep.launch", *(a for a in argv if a != "--fresh")])
+
+
+def _move_aside(sweep_dir: Path) -> None:
+    """--fresh: the old sweep folder and MLflow experiment are renamed, never deleted."""
+    from analysis.tracking import move_experiment_aside
     old = sweep_state.read_state(sweep_dir)
-    if fresh and sweep_dir.exists():
+    if sweep_dir.exists():
         new_name = sweep_state.aside_name(sweep_dir)
         print(f"--fresh: moved the old sweep to {sweep_state.move_aside(sweep_dir, new_name)}")
         if old and move_experiment_aside(old.tracking_uri, old.experiment_name, new_name):
             print(f"--fresh: renamed the old MLflow experiment to '{new_name}'")
+
+
+def _resolve_uri(uri: str) -> str:
+    from analysis.tracking import resolve_tracking_uri   # imports MLflow: seconds, only when needed
+    return resolve_tracking_uri(uri)
+
+
+def _check_resume(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: str | None):
+    """A resume must match the saved spec (paths compared resolved) → the saved state. Reads only."""
+    if fresh:
         return None
+    old = sweep_state.read_state(sweep_dir)
     saved = sweep_state.read_spec(sweep_dir)
     if saved is not None:
-        changed = incompatibility(saved, resolved(spec))
+        changed = incompatibility(with_resolved_paths(saved), resolved(spec))
         if changed:
             raise SpecError(f"{changed} since this sweep started in {sweep_dir}; "
                             f"use the old spec to resume it, or --fresh to start over")
-    if old and tracking_uri and resolve_tracking_uri(tracking_uri) != old.tracking_uri:
+    if old and tracking_uri and _resolve_uri(tracking_uri) != old.tracking_uri:
         raise SpecError(f"--mlflow-uri: this sweep logs to {old.tracking_uri}; resume it there or use --fresh")
     return old
 
@@ -71,6 +94,11 @@ def _auth_env_for_cluster() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in RAY_CHATTER)
+
+
 def _quiet_environment(local: bool) -> None:
     """Set before Ray is imported: its constants are read at import time."""
     if local:  # Ray binds to the host's routable address unless told it is not a cluster node
@@ -79,6 +107,13 @@ def _quiet_environment(local: bool) -> None:
     # a SIGKILL it points at a trial checkpoint that still exists (two are kept) and little is lost.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's legacy reporter prints nothing at verbose=0; the new one prints a header, a TensorBoard
+    # hint and every trial error whatever the verbosity. Our display and summary replace both.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # A failed trial is one line in our output; its traceback stays in the trial's error.txt.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.tune"):
+        logging.getLogger(name).addFilter(_DropChatter())
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -90,8 +125,10 @@ def _start_ray(address: str | None) -> dict[str, float]:
     import ray
     try:
         # "local": never join a cluster an earlier `ray start` left in /tmp/ray/ray_current_cluster
+        # Workers log at WARNING: no per-report "Checkpoint successfully created" lines.
         ray.init(address=address or "local", include_dashboard=False if address is None else None,
-                 log_to_driver=True, configure_logging=True, logging_level="warning")
+                 log_to_driver=True, configure_logging=True, logging_level="warning",
+                 logging_config=ray.LoggingConfig(log_level="WARNING"))
     except Exception as err:  # auth errors and unreachable clusters arrive as assorted types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise LaunchError(f"--address {address}: cannot join the Ray cluster: {first}") from None
@@ -119,7 +156,7 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list):
     from ray import tune
 
     from sweep.ray_adapter import build_scheduler, build_searcher, trainable_for
-    trainable = trainable_for(spec, cluster)
+    trainable = trainable_for(spec, cluster, sweep_dir)
     if tune.Tuner.can_restore(str(sweep_dir)):
         print(f"resuming {spec.name} from {sweep_dir}")
         return tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
@@ -157,68 +194,90 @@ def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
     return SweepTracker(uri, experiment_id, parent), sweep_state.SweepState(False, uri, spec.name, parent)
 
 
-def _run(spec: SweepSpec, sweep_dir: Path, args, started: float) -> int:
-    old = _prepare_folder(spec, sweep_dir, args.fresh, args.mlflow_uri)
+def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> int:
+    old = _check_resume(spec, sweep_dir, args.fresh, args.mlflow_uri)
     if old and old.finished:
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
               f"MLflow: mlflow ui --backend-store-uri {old.tracking_uri}")
-        return 0
+        return EXIT_FINISHED
+    from sweep.prepare import cpu_estimate, prepare_data
+    images = prepare_data(spec.config.data)   # before anything is made: a DataError leaves nothing
+    if args.fresh:
+        _move_aside(sweep_dir)
     _quiet_environment(local=args.address is None)
+    from sweep.progress import SweepDisplay
     from sweep.ray_adapter import ProgressCallback, TrackingCallback, build_searcher
     build_searcher(spec)  # sampler problems (cmaes without its package) before Ray starts
     cluster = _start_ray(args.address)
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-          f"{spec.num_samples} trials, {spec.max_concurrent} at a time")
+          f"{spec.num_samples} trials, {spec.max_concurrent} at a time", flush=True)
+    if not cluster.get("GPU") and old is None:
+        print(cpu_estimate(spec, images, cluster.get("CPU", 1.0)), flush=True)
+    del images
     tracker, record = _open_tracking(spec, old, args.mlflow_uri)
     sweep_state.write_spec(sweep_dir, resolved(spec))
     sweep_state.write_state(sweep_dir, record)
-    callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, PROGRESS_EVERY_S)]
+    display = SweepDisplay(spec)
+    callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display)]
     tuner = _tuner(spec, sweep_dir, cluster, callbacks)
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
     remaining = None if spec.time_budget_s is None else spec.time_budget_s - (time.monotonic() - started)
     timer = None if remaining is None else BudgetTimer(remaining)
-    grid = tuner.fit()
-    if timer:
-        timer.cancel()
+    try:
+        grid = tuner.fit()
+    finally:
+        display.close()
+        if timer:
+            timer.cancel()
     _show_packing(pack_server)
-    return _finish(spec, sweep_dir, grid, record, tracker, budget_hit=bool(timer and timer.fired.is_set()))
+    budget_hit = bool(timer and timer.fired.is_set())
+    return _finish(spec, sweep_dir, grid, record, tracker, budget_hit, rerun)
 
 
-def _finish(spec, sweep_dir: Path, grid, record, tracker, budget_hit: bool) -> int:
+def outcome(statuses: Sequence[str], num_samples: int, budget_hit: bool, rerun: str) -> tuple[str, int]:
+    """(the closing line, the exit status) from the trials' Tune statuses. Tune returns before the
+    end only when stopped: by the budget (3) or by Ctrl+C (130, failed trials or not)."""
+    done, failed = statuses.count("TERMINATED"), statuses.count("ERROR")
+    still_open = num_samples - done - failed
+    if not still_open and not failed:
+        return f"sweep finished: {done} trials", EXIT_FINISHED
+    if budget_hit and still_open:
+        return (f"time budget reached: {done}/{num_samples} trials done, state saved; "
+                f"to continue: {rerun}"), EXIT_BUDGET
+    if still_open:
+        return f"interrupted, state saved; to continue: {rerun}", EXIT_INTERRUPTED
+    return f"{failed} trial(s) failed (see above); to retry them: {rerun}", EXIT_FAILED
+
+
+def _finish(spec, sweep_dir: Path, grid, record, tracker, budget_hit: bool, rerun: str) -> int:
     from sweep.progress import show_summary
     from sweep.ray_adapter import result_rows
-    rows = result_rows(grid)
-    done = [r for r in rows if r["status"] == "TERMINATED"]
-    failed = [r for r in rows if r["status"] == "ERROR"]
-    finished = len(done) == spec.num_samples
-    if finished:
-        outcome, code = f"sweep finished: {len(done)} trials", 0
-    elif budget_hit:
-        outcome, code = (f"time budget reached: {len(done)}/{spec.num_samples} trials done, state saved; "
-                         f"run the same command to continue"), EXIT_BUDGET
-    elif failed:
-        outcome, code = f"{len(failed)} trial(s) failed; run the same command to retry them", EXIT_FAILED
-    else:
-        outcome, code = "interrupted, state saved; run the same command to continue", EXIT_INTERRUPTED
+    rows = result_rows(grid, spec)
+    line, code = outcome([r["status"] for r in rows], spec.num_samples, budget_hit, rerun)
+    finished = code == EXIT_FINISHED
     tracker.end_sweep(finished, spec.objectives)
     sweep_state.write_state(sweep_dir, sweep_state.SweepState(finished, record.tracking_uri,
                                                               record.experiment_name, record.parent_run_id))
-    show_summary(rows, spec, str(sweep_dir), record.tracking_uri, outcome, tracker.experiment_id)
+    show_summary(rows, spec, str(sweep_dir), record.tracking_uri, line, tracker.experiment_id)
     return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)
-        return _run(spec, Path(args.storage).resolve() / spec.name, args, started)
-    except SpecError as err:
+        return _run(spec, Path(args.storage).resolve() / spec.name, args, started, rerun_command(argv))
+    except (SpecError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"interrupted; to continue: {rerun_command(argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

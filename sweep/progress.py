@@ -120,12 +120,15 @@ def best_line(rows: Sequence[dict], objectives: Sequence[Objective]) -> str:
     return "best so far: " + ("; ".join(parts) if parts else "no reports yet")
 
 
-def _bar(row: dict) -> str:
+def _epoch_cell(row: dict, bar: bool) -> str:
+    """'3/30', and for a running trial its share of the epoch in progress: a bar, or just '45%'."""
+    cell = f"{row['epoch']}/{row['epochs']}"
+    if state_of(row) != "running" or not row.get("live"):
+        return cell
     share = _in_epoch(row)
-    if state_of(row) != "running":
-        return ""
-    full = int(share * BAR_CELLS)
-    return "#" * full + "." * (BAR_CELLS - full) + f" {100 * share:3.0f}%"
+    filled = int(share * BAR_CELLS)
+    return f"{cell} {'#' * filled}{'.' * (BAR_CELLS - filled)} {100 * share:3.0f}%" if bar \
+        else f"{cell} {100 * share:3.0f}%"
 
 
 def _short(key: str) -> str:
@@ -137,33 +140,35 @@ def _short(key: str) -> str:
     return parts[-1]
 
 
-def _columns(rows: Sequence[dict], spec: SweepSpec, live: bool) -> list[tuple[str, list[str], bool]]:
+def _columns(rows: Sequence[dict], spec: SweepSpec, bar: bool) -> list[tuple[str, list[str], bool]]:
     """(header, cells, kept-at-any-width) per column, in display order."""
     columns = [("trial", [r["trial"] for r in rows], True),
                ("state", [state_of(r) for r in rows], False),
-               ("epoch", [f"{r['epoch']}/{r['epochs']}" for r in rows], False)]
-    if live:
-        columns.append(("in epoch", [_bar(r) for r in rows], False))
+               ("epoch", [_epoch_cell(r, bar) for r in rows], True)]
     columns += [(_short(key), [_number(r["config"].get(key)) for r in rows], False) for key in spec.space]
     columns += [(o.label.removeprefix("val_"), [_number(r["metrics"].get(o.metric)) for r in rows], True)
                 for o in spec.objectives]
     return columns
 
 
-def _fitted(columns: list, width: int) -> list:
-    """Drop columns (the bar first, then the searched values from the right, then state and epoch)
-    until the table fits `width`; the trial and the objectives always stay, uncut."""
-    drop_order = [c[0] for c in columns if c[0] == "in epoch"]
-    drop_order += [c[0] for c in reversed(columns) if not c[2] and c[0] not in ("in epoch", "state", "epoch")]
-    drop_order += ["state", "epoch"]
+def _width(columns: list) -> int:
+    return sum(max([len(h), *(len(c) for c in cells)]) for h, cells, _ in columns) + 2 * (len(columns) - 1)
 
-    def total(cols) -> int:
-        return sum(max(len(h), *(len(c) for c in cells)) if cells else len(h) for h, cells, _ in cols) \
-            + 2 * (len(cols) - 1)
-    for name in drop_order:
-        if total(columns) <= width:
+
+def _fitted(rows: Sequence[dict], spec: SweepSpec, width: int, live: bool) -> list:
+    """The columns that fit `width`: the searched values are dropped from the right, then the state,
+    then the in-epoch bar shrinks to a percentage, then the epoch goes; the trial and the
+    objectives stay, uncut."""
+    variants = (True, False) if live else (False,)
+    for bar in variants:
+        columns = _columns(rows, spec, bar)
+        optional = [header for header, _, kept in reversed(columns) if not kept and header != "state"]
+        for header in [*optional, "state", *(["epoch"] if bar == variants[-1] else [])]:
+            if _width(columns) <= width:
+                break
+            columns = [c for c in columns if c[0] != header]
+        if _width(columns) <= width:
             break
-        columns = [c for c in columns if c[0] != name]
     return columns
 
 
@@ -171,9 +176,9 @@ def trial_table(rows: Sequence[dict], spec: SweepSpec, width: int, live: bool = 
                 title: str | None = None) -> Table:
     """One line per trial, its columns fitted to width."""
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    columns = _fitted(_columns(rows, spec, live), width)
+    columns = _fitted(rows, spec, width, live)
     for header, cells, _ in columns:
-        numeric = header not in ("trial", "state", "epoch", "in epoch")
+        numeric = header not in ("trial", "state", "epoch")
         table.add_column(header, justify="right" if numeric else "left", no_wrap=True,
                          min_width=max([len(header), *(len(c) for c in cells)]))
     for index in range(len(rows)):
@@ -237,7 +242,7 @@ class SweepDisplay:
 
     def event(self, text: str) -> None:
         if self._live is not None:
-            self._live.console.print(Text(text))
+            self._live.console.print(Text(text), soft_wrap=True)
         else:
             print(text, flush=True)
 
@@ -256,10 +261,10 @@ def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking
         console.print(trial_table(shown, spec, console.size.width, title=label))
     for row in rows:
         if row.get("error"):
-            console.print(Text(f"trial {row['trial']} failed: {row['error']}"))
-    console.print(Text(outcome))
-    console.print(Text(f"results:  {sweep_dir}"))
-    console.print(Text(f"MLflow:   experiment '{spec.name}' — see it with: mlflow ui --backend-store-uri {tracking_uri}"))
+            console.print(Text(f"trial {row['trial']} failed: {row['error']}"), soft_wrap=True)
+    for line in (outcome, f"results:  {sweep_dir}",
+                 f"MLflow:   experiment '{spec.name}' — see it with: mlflow ui --backend-store-uri {tracking_uri}"):
+        console.print(Text(line), soft_wrap=True)     # a command or path wrapped by rich cannot be pasted
     if experiment_id is not None:
         from analysis.store import runs_view_url
         console.print(Text(f"          then open {runs_view_url(experiment_id)}"))

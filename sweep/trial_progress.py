@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from trainable.layout import write_text_atomic
+from trainable.files import write_text_atomic
 
 PROGRESS_DIR = ".progress"
 WRITE_EVERY_S = 1.0
