@@ -28,8 +28,9 @@ from trainable.config import Config, ConfigError, apply_overrides, flatten, from
 from trainable.data import load_test_split
 from trainable.datasets import has_test_split
 from trainable.export import ModelError, export_generator
+from trainable.files import write_text_atomic
 from trainable.layout import (CONFIG_FILE, FINAL_DIR, FINAL_RECORD, GENERATOR, METRICS_FILE, SAMPLES,
-                              TEST_METRICS, write_text_atomic)
+                              TEST_METRICS)
 from trainable.loop import read_metrics, run_training
 
 EPOCH_FACTOR = 4      # default final length: this many times the trial's epochs

@@ -1,8 +1,8 @@
 """Checkpoint files: written atomically, the previous one kept, loaded without running code.
 
-`save_checkpoint` writes to a temp name in the same folder, fsyncs it, moves the old `latest.pt`
-to `previous.pt` and renames the temp file to `latest.pt`, so a crash at any moment leaves at
-least one whole checkpoint. `load_checkpoint` reads with `torch.load(weights_only=True)`, which
+`save_checkpoint` writes to a temp name in the same folder, moves the old `latest.pt` to
+`previous.pt`, then fsyncs the temp file and renames it to `latest.pt` (trainable.files), so a crash
+at any moment leaves at least one whole checkpoint. `load_checkpoint` reads with `torch.load(weights_only=True)`, which
 refuses pickles that would construct arbitrary objects, and falls back to `previous.pt` with a
 warning when `latest.pt` is missing or unreadable.
 """
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from trainable.files import replacing, write_atomic
+
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
 
@@ -24,34 +26,15 @@ class CheckpointError(RuntimeError):
 
 def atomic_torch_save(obj: object, path: Path) -> None:
     """torch.save to `path` via a temp file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_synced(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_synced(obj: object, path: Path) -> None:
-    with open(path, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def save_checkpoint(directory: str | Path, state: dict) -> Path:
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{LATEST}.tmp-{os.getpid()}"
-    try:
-        _write_synced(state, tmp)
+    with replacing(directory / LATEST) as temp:
+        torch.save(state, temp)
         if (directory / LATEST).exists():
             os.replace(directory / LATEST, directory / PREVIOUS)
-        os.replace(tmp, directory / LATEST)
-    finally:
-        tmp.unlink(missing_ok=True)
     return directory / LATEST
 
 

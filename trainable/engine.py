@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import torch
 
-from trainable.color import lab_normalized_to_rgb
+from trainable.color import lab_normalized_to_rgb, lab_normalized_to_uint8
 from trainable.config import Config, flatten, from_dict, to_dict
 from trainable.data import ColorData, load_data
 from trainable.losses import discriminator_loss, generator_loss
@@ -180,11 +180,11 @@ class Trainer:
         real = (self.data.val if images is None else images)[:count].to(self.device)
         fake = self.colorize(real[:, :1])
         gray = torch.cat([real[:, :1], torch.zeros_like(real[:, 1:])], 1)
-        rows = [lab_normalized_to_rgb(x) for x in (gray, fake, real)]
-        grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)   # (3, 3H, count·W)
+        rows = [torch.cat(list(x.float()), dim=2) for x in (gray, fake, real)]
+        grid = torch.cat(rows, dim=1)                                             # (3, 3H, count·W) Lab
         scale = max(1, 64 // real.shape[-1])      # 32×32 CIFAR images are shown at 64×64
         grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-        return (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        return lab_normalized_to_uint8(grid[None])[0]
 
     def state_dict(self) -> dict:
         cuda_rng = torch.cuda.get_rng_state() if self.device.type == "cuda" else None

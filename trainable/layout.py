@@ -10,7 +10,6 @@ Only json and yaml here (no torch, Ray or MLflow): spec checks, the analysis and
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from trainable.config import read_yaml
+from trainable.files import write_text_atomic
 
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
@@ -32,17 +32,6 @@ STATE_FILE = "colorsweep_state.json"
 FINAL_DIR = "final"
 FINAL_RECORD = "final.json"
 TEST_METRICS = "test_metrics.json"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp name in the same folder and a rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

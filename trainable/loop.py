@@ -28,7 +28,8 @@ from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import Config, to_dict
 from trainable.engine import Trainer, setup_process
 from trainable.graphs import GraphedTrainer
-from trainable.layout import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, write_text_atomic
+from trainable.files import write_text_atomic
+from trainable.layout import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
 from trainable.packed import PackedTrainer
 from trainable.steps import EagerStep, StepGroup
 
