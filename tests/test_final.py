@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from analysis.load import Sweep, SweepError
 from sweep import colorize, final
 from tests.helpers import launch_env, wait_until
 
@@ -71,6 +73,7 @@ def test_final_survives_sigkill_and_exports_a_working_model(sweep_dir, tmp_path)
     assert final_run_ids(sweep_dir) - runs_before == {record["mlflow_run_id"]}  # one run across the kill
     check_mlflow_run(sweep_dir, record)
     check_export_colorizes(sweep_dir, tmp_path)
+    check_rerun_logs_nothing_twice(sweep_dir, record)
 
 
 def check_mlflow_run(sweep_dir: Path, record: dict) -> None:
@@ -110,3 +113,24 @@ def test_final_refuses_bad_input(sweep_dir, capsys):
     assert final.main([str(sweep_dir), "--epochs", "1"]) == 2
     assert "holds the final run of trial someone-else" in capsys.readouterr().err
     shutil.rmtree(sweep_dir / "final")
+
+
+def check_rerun_logs_nothing_twice(sweep_dir: Path, record: dict) -> None:
+    """The same command on a finished final run evaluates again but logs nothing new."""
+    again = subprocess.run(final_command(sweep_dir), env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    state = json.loads((sweep_dir / "colorsweep_state.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    for key in ("test_control_error", "val_control_error"):
+        steps = [m.step for m in client.get_metric_history(record["mlflow_run_id"], key)]
+        assert len(steps) == len(set(steps)), key
+    assert client.get_run(record["mlflow_run_id"]).data.tags["colorsweep.evaluated_on"].startswith("validation split")
+
+
+def test_final_without_a_finished_trial_says_so_in_one_line(tmp_path):
+    table = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": ["ERROR", "ERROR", "RUNNING"],
+                          "iterations": [0, 0, 0]})
+    sweep = Sweep(name="s", table=table, params=[], path=tmp_path)
+    with pytest.raises(SweepError) as raised:
+        final.pick_trial(sweep, 1)
+    assert str(raised.value) == "no finished trial to train: the sweep has 3 trials (2 ERROR, 1 RUNNING)"
