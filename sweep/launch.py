@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trainable import layout as sweep_state
+from analysis.store import StoreError
 from sweep.spec import SpecError, SweepSpec, incompatibility, load_spec, resolved, with_resolved_paths
 from trainable.download import DataError
 
@@ -269,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, args.set)
         return _run(spec, Path(args.storage).resolve() / spec.name, args, started, rerun_command(argv))
-    except (SpecError, DataError) as err:
+    except (SpecError, DataError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except LaunchError as err:
