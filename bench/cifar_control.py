@@ -27,7 +27,8 @@ import torch
 from trainable.color import lab_normalized_to_rgb
 from trainable.config import load_config
 from trainable.data import load_data
-from trainable.engine import Trainer, resolve_device, resolve_memory_format
+from trainable.engine import Trainer, resolve_device, resolve_memory_format, setup_process
+from trainable.loop import train_epoch
 from trainable.metrics import MetricAccumulator
 
 
@@ -47,6 +48,7 @@ def main() -> None:
     base = ["data.dataset=cifar10", f"data.path={args.data}", "data.train_limit=3000", "data.val_limit=500",
             "model.width=0.25", "train.batch_size=64", f"train.epochs={args.epochs}"]
     cfg = load_config(None, base + args.overrides)
+    setup_process(cfg)
     device = resolve_device(cfg.train.device)
     data = load_data(cfg.data, device, resolve_memory_format(cfg, device))
     print(f"data: {len(data.train)} train / {len(data.val)} val images")
@@ -59,7 +61,7 @@ def main() -> None:
         trainer = Trainer(load_config(None, base + args.overrides + extra), data)
         started = time.perf_counter()
         for _ in range(cfg.train.epochs):
-            trainer.train_epoch()
+            train_epoch(trainer)
         metrics = trainer.evaluate()
         achieved[target] = metrics["val_saturation"]
         print(f"λ_S={weight} σ_S={target}: val_saturation={metrics['val_saturation']:.3f} "

@@ -29,8 +29,9 @@ from bench.naive import naive_images_per_second, peak_memory_gb, peak_text, sync
 from trainable.config import load_config  # noqa: E402
 from trainable.data import ColorData, to_lab  # noqa: E402
 from trainable.datasets import make_synthetic  # noqa: E402
-from trainable.engine import Trainer, resolve_memory_format  # noqa: E402
-from trainable.graphs import graphed_train_epoch  # noqa: E402
+from trainable.engine import Trainer, resolve_memory_format, setup_process  # noqa: E402
+from trainable.graphs import GraphedTrainer  # noqa: E402
+from trainable.loop import train_epoch  # noqa: E402
 from trainable.packed import PackedTrainer  # noqa: E402
 
 
@@ -68,10 +69,11 @@ def packed(args) -> tuple[float, float]:
     lab = to_lab(images, device).contiguous(memory_format=layout)          # as load_data gives it
     data = ColorData(train=lab[: args.batch_size * args.steps], val=lab[-64:])
     precision = "bf16" if args.bf16 else "fp32"
+    setup_process(load_config(None, base_overrides(args, 0)))
     trainers = [Trainer(load_config(None, base_overrides(args, i) + [f"train.precision={precision}"]), data)
                 for i in range(args.trials)]
-    pack, cache = PackedTrainer(trainers), {}
-    run = (lambda: graphed_train_epoch(pack, cache)) if args.graph else pack.train_epoch
+    pack = (GraphedTrainer if args.graph else PackedTrainer)(trainers)
+    run = lambda: train_epoch(pack)  # noqa: E731
     run()                                                    # warm-up / capture
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

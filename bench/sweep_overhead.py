@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)     # not bench/, whose concurrent.py shadows the standard library's
 
 from sweep.spec import load_spec  # noqa: E402
-from trainable.engine import Trainer  # noqa: E402
+from trainable.engine import Trainer, setup_process  # noqa: E402
+from trainable.loop import train_epoch  # noqa: E402
 
 
 def bench_spec(folder: Path, args: argparse.Namespace) -> Path:
@@ -43,11 +44,12 @@ def plain_loop(spec_path: Path, trials: int) -> tuple[float, float]:
     spec = load_spec(spec_path)
     cfg = spec.trial_config({"loss.saturation.weight": 5.0, "loss.saturation.target": 0.5})
     started, epoch_times = time.perf_counter(), []
+    setup_process(cfg)
     for _ in range(trials):
         trainer = Trainer(cfg)
         while trainer.epoch < cfg.train.epochs:
             epoch_start = time.perf_counter()
-            trainer.train_epoch()
+            train_epoch(trainer)
             trainer.evaluate()
             epoch_times.append(time.perf_counter() - epoch_start)
     return time.perf_counter() - started, sum(epoch_times) / len(epoch_times)

@@ -25,19 +25,22 @@ import torch
 from bench.naive import naive_images_per_second, peak_memory_gb, peak_text, synchronize
 from trainable.config import load_config
 from trainable.data import ColorData, to_lab
-from trainable.engine import Trainer, resolve_memory_format
+from trainable.engine import Trainer, resolve_memory_format, setup_process
+from trainable.loop import steps_for, train_epoch
 
 
 def ours_images_per_second(overrides: list[str], images: np.ndarray, steps: int, device: torch.device) -> float:
     cfg = load_config(None, overrides)
     lab = to_lab(images, device).contiguous(memory_format=resolve_memory_format(cfg, device))  # as load_data
+    setup_process(cfg)
     trainer = Trainer(cfg, ColorData(train=lab[: steps * cfg.train.batch_size], val=lab[-64:]))
-    trainer.train_epoch()                              # warm-up (and graph capture when on)
+    group = steps_for([trainer])                       # kept: a CUDA graph is captured once
+    train_epoch(group)                                 # warm-up (and graph capture when on)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     synchronize(device)
     started = time.perf_counter()
-    trainer.train_epoch()
+    train_epoch(group)
     synchronize(device)
     return trainer.step // 2 * cfg.train.batch_size / (time.perf_counter() - started)
 
