@@ -1,7 +1,7 @@
 """Learning-rate schedules as small state machines (their state goes into the checkpoint).
 
-plateau: multiply the lr by `plateau_factor` (÷10) when the epoch's generator L1 loss has not improved
-for `plateau_patience` epochs. exponential: lr · 0.1^(step / lr_decay_steps), the seed project's
+plateau: multiply the lr by `plateau_factor` (÷10 by default) when the epoch's mean training L1 loss
+(the generator's, not a validation metric) has not improved for `plateau_patience` epochs. exponential: lr · 0.1^(step / lr_decay_steps), the seed project's
 `tf.train.exponential_decay(..., decay_rate=0.1)`. none: constant.
 """
 from __future__ import annotations
