@@ -95,7 +95,7 @@ class OptimConfig:
     lr_discriminator: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    schedule: str = "plateau"     # plateau: lr ÷ factor when the epoch's training L1 stalls; exponential: per step
+    schedule: str = "plateau"     # plateau: lr ÷ factor when the training L1 stalls; exponential: per step
     plateau_patience: int = 5
     plateau_factor: float = 0.1
     lr_decay_steps: int = 10000   # exponential: lr · 0.1^(step / lr_decay_steps)
