@@ -35,12 +35,24 @@ def test_graphed_epoch_matches_the_eager_epoch_fp32():
     assert first_diff < 1e-2
 
 
+def _adam_steps(trainer: Trainer) -> list[float]:
+    return [float(state["step"]) for state in trainer.opt_g.state_dict()["state"].values()]
+
+
 def test_graph_capture_does_not_advance_training():
+    """Capture runs warm-up steps on the live state and must restore it: after one epoch the graphed
+    trainer is where the eager one is, far closer than one more step would have moved it."""
     eager, graphed = _pair("train.precision=fp32", "data.synthetic_size=80")
     before = _flat(graphed.generator).clone()
+    train_epoch(eager)
     train_epoch(graphed)
-    assert graphed.step == eager.step + len(graphed.data.train) // 32
+    assert graphed.step == eager.step == len(graphed.data.train) // 32
+    assert _adam_steps(graphed) == _adam_steps(eager)
     assert not torch.equal(before, _flat(graphed.generator))
+    after_epoch = _flat(eager.generator).clone()
+    eager.scheduled_step(eager.data.train[:32])
+    one_step = (_flat(eager.generator) - after_epoch).norm()
+    assert (_flat(graphed.generator) - after_epoch).norm() < one_step / 10
 
 
 def test_bf16_loss_curve_follows_fp32_over_100_steps():
