@@ -3,14 +3,24 @@ config that trains in seconds on the CPU, and `python -m sweep.launch` run in a 
 a sweep folder and an MLflow sqlite store in a temp dir, with readers for what Tune and MLflow recorded."""
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
 import os
+import pickle
 import signal
+import socket
 import subprocess
 import sys
+import tarfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from trainable.config import Config, load_config
 
@@ -123,6 +133,52 @@ def assert_complete(tmp_path: Path, epochs: int) -> None:
     for run in runs:
         assert epoch_steps(tmp_path, run.info.run_id) == list(range(1, epochs + 1))
         assert run.info.status == "FINISHED"
+
+
+@contextmanager
+def serve_folder(folder: Path, requests: list[str] | None = None) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving `folder` → its base URL; each request's path is
+    appended to `requests` when given."""
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if requests is not None:
+                requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def closed_port_url(name: str = "cifar-10-python.tar.gz") -> str:
+    """A URL on 127.0.0.1 where nothing listens: a connection is refused at once, as offline."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{name}"
+
+
+def fake_official_archive(path: Path, per_batch: int = 4) -> str:
+    """A cifar-10-python.tar.gz with random images in the official pickled format; returns its MD5."""
+    batches = path.parent / "build" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": [1] * per_batch, b"data": data, b"filenames": []}
+        (batches / name).write_bytes(pickle.dumps(batch, protocol=2))
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def make_smoke_sweep(base: Path) -> Path:
