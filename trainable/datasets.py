@@ -32,13 +32,20 @@ def _check_size(images: np.ndarray, size: int, where: str) -> np.ndarray:
     return images
 
 
+def _existing(path: str, dataset: str, folder: bool, wanted: str) -> Path:
+    """data.path as a Path to an existing file (or folder); otherwise one line saying what to set."""
+    if not path:
+        raise DataError(f"data.path: empty; set it to {wanted}")
+    given = Path(path).expanduser()
+    if not (given.is_dir() if folder else given.is_file()):
+        kind = "folder" if folder else "file"
+        raise DataError(f"{given}: no such {kind} (data.path for data.dataset={dataset})")
+    return given
+
+
 def load_npz(path: str, size: int) -> np.ndarray:
     """One .npz file's uint8 NHWC `images`, which must be size×size."""
-    if not path:
-        raise DataError("data.path: empty; set it to an .npz file with uint8 NHWC 'images'")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"{file}: no such file (data.path for data.dataset=npz)")
+    file = _existing(path, "npz", False, "an .npz file with uint8 NHWC 'images'")
     return _check_size(read_npz_images(file), size, str(file))
 
 
@@ -60,11 +67,7 @@ def _fit_square(file: Path, size: int) -> np.ndarray:
 
 def load_folder(path: str, size: int) -> np.ndarray:
     """Every image file under path (recursive, sorted by path), as size×size center crops."""
-    if not path:
-        raise DataError("data.path: empty; set it to a folder of images")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder (data.path for data.dataset=folder)")
+    root = _existing(path, "folder", True, "a folder of images")
     files = sorted(p for p in root.rglob("*") if is_image_name(p) and p.is_file())
     if not files:
         raise DataError(f"{root}: holds no images ({'/'.join(sorted(IMAGE_SUFFIXES))})")
