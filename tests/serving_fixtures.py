@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, wait_until
 from trainable.engine import Trainer
 from trainable.export import export_generator
 
@@ -71,20 +70,18 @@ def start(command: list[str], log: Path, cwd: Path, env: dict[str, str]) -> subp
                                 start_new_session=True)
 
 
-def wait_until_up(url: str, process: subprocess.Popen, log: Path, limit: float = 300) -> None:
-    """Poll `url` until it answers 200; fail at once with the log when the process has died."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
+    """Poll `url` (a health endpoint) until it answers 200; fail at once with the log when the
+    process has died."""
+    assert wait_until(lambda: answers(url), process, poll_s=0.2), log.read_text()[-3000:]
 
 
 def stop(process: subprocess.Popen) -> None:
