@@ -1,0 +1,82 @@
+"""adjust_to_targets: the identity on an image's own statistics, reachable targets met, L untouched,
+hue wrapping, unreachable targets stopping inside the gamut."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainable.adjust import _unclipped_rgb, adjust_to_targets, project_to_gamut, target_error
+from trainable.color import image_statistics, lab_normalized_to_rgb, rgb_to_lab_normalized
+
+OTHERS = ("value", "red", "green", "blue", "colorfulness")
+
+
+@pytest.fixture(scope="module")
+def lab() -> torch.Tensor:
+    """Six smooth, moderately colored 16×16 images (blurred noise around a random mean color)."""
+    generator = torch.Generator().manual_seed(0)
+    base = 0.25 + 0.5 * torch.rand(6, 3, 1, 1, generator=generator)
+    noise = F.avg_pool2d(torch.rand(6, 3, 20, 20, generator=generator), 5, 1) - 0.5
+    return rgb_to_lab_normalized((base + 0.4 * noise).clamp(0.02, 0.98))
+
+
+def own(lab: torch.Tensor, names) -> dict[str, torch.Tensor]:
+    return image_statistics(lab_normalized_to_rgb(lab), tuple(names))
+
+
+@pytest.mark.parametrize("names", [("saturation",), ("hue",), OTHERS, ("saturation", "hue", "red")])
+def test_own_statistics_give_the_identity(lab, names):
+    adjusted = adjust_to_targets(lab, own(lab, names))
+    assert (adjusted - lab).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("shift", [-0.15, 0.1])
+def test_saturation_is_met_and_l_kept(lab, shift):
+    targets = {"saturation": own(lab, ["saturation"])["saturation"] + shift}
+    adjusted = adjust_to_targets(lab, targets)
+    assert target_error(adjusted, targets)["saturation"].max() <= 0.01
+    assert torch.equal(adjusted[:, 0], lab[:, 0])
+
+
+def test_hue_is_met_and_wraps(lab):
+    targets = {"hue": torch.tensor([0.0, 0.25, 0.5, 0.75, 0.97, 0.02])}
+    adjusted = adjust_to_targets(lab, targets)
+    assert target_error(adjusted, targets)["hue"].max() <= 0.01
+    assert torch.equal(adjusted[:, 0], lab[:, 0])
+    # wrapping: a target just across 0 from the current hue is a small rotation, not most of a turn
+    current = own(lab, ["hue"])["hue"]
+    near = {"hue": (current + 0.03) % 1.0}
+    moved = adjust_to_targets(lab, near)
+    assert target_error(moved, near)["hue"].max() <= 0.01
+    assert (moved - lab).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("name, shift", [(n, s) for n in OTHERS for s in (-0.03, 0.03)])
+def test_other_statistics_are_met(lab, name, shift):
+    targets = {name: own(lab, [name])[name] + shift}
+    adjusted = adjust_to_targets(lab, targets)
+    assert target_error(adjusted, targets)[name].max() <= 0.02
+    assert torch.equal(adjusted[:, 0], lab[:, 0])
+
+
+@pytest.mark.parametrize("names", [("saturation", "hue"), ("saturation", "hue", "red"),
+                                   ("red", "green", "blue"), ("value", "colorfulness", "hue")])
+def test_several_targets_at_once(lab, names):
+    """Targets read off a reachable variant of each image (ab scaled and shifted, inside the gamut)."""
+    shifted = lab[:, 1:] * 1.15 + torch.tensor([0.03, -0.04]).view(1, 2, 1, 1)
+    variant = project_to_gamut(torch.cat([lab[:, :1], shifted], 1))
+    targets = own(variant, names)
+    assert max(float(e.max()) for e in target_error(lab, targets).values()) > 0.02
+    errors = target_error(adjust_to_targets(lab, targets), targets)
+    for name, error in errors.items():
+        assert error.max() <= (0.01 if name in ("saturation", "hue") else 0.02), name
+
+
+def test_unreachable_saturation_stops_at_the_gamut_bound(lab):
+    before = own(lab, ["saturation"])["saturation"]
+    adjusted = adjust_to_targets(lab, {"saturation": 1.0})
+    after = own(adjusted, ["saturation"])["saturation"]
+    assert (after > before + 0.1).all() and (after <= 1.0).all()
+    rgb = _unclipped_rgb(adjusted)
+    assert rgb.min() >= -2e-3 and rgb.max() <= 1 + 2e-3

@@ -1,0 +1,236 @@
+"""Real images moved to meet target statistics: the adjusted ground truth (issue 12).
+
+`adjust_to_targets(lab, targets)` changes only the ab channels of normalized-Lab images (L is kept
+bit for bit) so that each image's statistics, measured with the control terms' own functions
+(`trainable.color.image_statistics`), meet its targets while the image changes as little as
+possible, and every pixel stays inside the sRGB gamut at its own L:
+- saturation: each pixel's chroma scaled by one factor per image, found by bisection on the exact
+  statistic; a pixel whose scaled chroma leaves the gamut stops at the gamut bound;
+- hue: ab rotated by the circular difference to the target, re-measured and corrected a few times
+  (the saturation-weighted HSV hue is not exactly the Lab hue angle);
+- the others (red, green, blue, value, colorfulness): projected gradient steps on |p(y') − σ|, with
+  Polyak's step size |p − σ| / |∇p|², starting at y: the first-order smallest move that meets σ.
+Unreachable targets end at the gamut bound. Everything is batched, runs where the images are and
+never reads a value back to the host, so it can sit inside a training step or a CUDA graph.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import kornia.color
+import torch
+
+from trainable.color import AB_SCALE, distance, image_statistics, l_from_normalized, lab_normalized_to_rgb
+
+GAMUT_TOLERANCE = 1e-4        # linear RGB: float error of real pixels, well under an 8-bit step
+MAX_CHROMA = 1.5              # normalized ab; no sRGB color has |ab| above ~134 Lab units (1.22)
+CHROMA_BISECTIONS = 11        # gamut bound to 1.5 / 2^11 normalized ab (0.08 Lab units)
+SCALE_STEPS = 10              # false-position steps on the saturation factor
+LOG2_SCALE_RANGE = (-16.0, 6.0)   # chroma factors 2^-16 (gray) … 64 (every pixel at the gamut bound)
+HUE_ROUNDS = 8
+GRADIENT_STEPS = 12
+STEP_RADIUS = 0.05            # normalized ab a pixel may move per gradient step (5.5 Lab units)
+GRADIENT_NAMES = ("value", "red", "green", "blue", "colorfulness")
+EPS = 1e-12
+
+
+def _unclipped_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Normalized Lab → sRGB without clipping, so out-of-gamut colors show as values outside [0, 1]."""
+    raw = torch.cat([l_from_normalized(lab[:, :1]), lab[:, 1:] * AB_SCALE], dim=1)
+    return kornia.color.lab_to_rgb(raw, clip=False)
+
+
+def _linear_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Normalized Lab → linear RGB (D65), kornia's formulas without the sRGB gamma: the gamut test
+    needs only the sign of linear RGB and of 1 − it, and the gamma curve is the costly part."""
+    fy = (l_from_normalized(lab[:, :1]) + 16.0) / 116.0
+    return _linear_rgb_from(fy, lab[:, 1:2], lab[:, 2:3])
+
+
+def _linear_rgb_from(fy: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,3,H,W) linear RGB from f(Y) = (L + 16)/116 and normalized a, b, each (N,1,H,W)."""
+    fxyz = torch.cat([fy + a * (AB_SCALE / 500.0), fy, (fy - b * (AB_SCALE / 200.0)).clamp(min=0.0)], 1)
+    xyz = torch.where(fxyz > 0.2068966, fxyz * fxyz * fxyz, (fxyz - 4.0 / 29.0) / 7.787)
+    white = torch.tensor([0.95047, 1.0, 1.08883], device=fy.device, dtype=fy.dtype).view(1, 3, 1, 1)
+    return kornia.color.xyz_to_rgb(xyz * white)
+
+
+def _inside(rgb: torch.Tensor) -> torch.Tensor:
+    return ((rgb >= -GAMUT_TOLERANCE) & (rgb <= 1 + GAMUT_TOLERANCE)).all(dim=1, keepdim=True)
+
+
+def _in_gamut(lab: torch.Tensor) -> torch.Tensor:
+    """(N,1,H,W) bool: the pixel's linear RGB lies in [0, 1] (within GAMUT_TOLERANCE)."""
+    return _inside(_linear_rgb(lab))
+
+
+def _polar(ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,2,H,W) ab → chroma (N,1,H,W) and unit direction (N,2,H,W); gray pixels point along +a."""
+    chroma = ab.norm(dim=1, keepdim=True)
+    fallback = torch.zeros_like(ab)
+    fallback[:, 0] = 1.0
+    direction = torch.where(chroma > EPS, ab / chroma.clamp_min(EPS), fallback)
+    return chroma, direction
+
+
+def max_chroma(lightness: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """(N,1,H,W) the largest chroma along each pixel's ab direction that stays in gamut at its L.
+
+    Bisection per pixel: the sRGB gamut's slice at one L is star-shaped around the gray axis.
+    """
+    fy = (l_from_normalized(lightness) + 16.0) / 116.0
+    cos, sin = direction[:, :1], direction[:, 1:]
+    low = torch.zeros_like(lightness)
+    high = torch.full_like(lightness, MAX_CHROMA)
+    for _ in range(CHROMA_BISECTIONS):
+        middle = (low + high) / 2
+        inside = _inside(_linear_rgb_from(fy, cos * middle, sin * middle))
+        low = torch.where(inside, middle, low)
+        high = torch.where(inside, high, middle)
+    return low
+
+
+def project_to_gamut(lab: torch.Tensor) -> torch.Tensor:
+    """Pixels outside the gamut pulled radially (same L, same Lab hue) onto its bound."""
+    lightness, ab = lab[:, :1], lab[:, 1:]
+    chroma, direction = _polar(ab)
+    bound = direction * torch.minimum(chroma, max_chroma(lightness, direction))
+    return torch.cat([lightness, torch.where(_in_gamut(lab), ab, bound)], dim=1)
+
+
+def _per_image(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A target as an (N,) tensor on the images' device."""
+    target = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return target.expand(like.shape[0]) if target.dim() == 0 else target
+
+
+def _statistic(lab: torch.Tensor, name: str) -> torch.Tensor:
+    return image_statistics(lab_normalized_to_rgb(lab), (name,))[name]
+
+
+def adjust_saturation(lab: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Scale each image's chroma by the factor that meets its saturation target: a bracketed root
+    search (Illinois false position) in log2 of the factor on the exact statistic, bracketed at 1
+    so an image already on target stays as it is; pixels stop at the gamut bound."""
+    lightness, ab = lab[:, :1], lab[:, 1:]
+    chroma, direction = _polar(ab)
+    limit = torch.maximum(max_chroma(lightness, direction), chroma)   # real pixels are in gamut
+
+    def scaled(log2_factor: torch.Tensor) -> torch.Tensor:
+        factor = torch.exp2(log2_factor).view(-1, 1, 1, 1)
+        return torch.cat([lightness, direction * torch.minimum(chroma * factor, limit)], dim=1)
+
+    def gap(log2_factor: torch.Tensor) -> torch.Tensor:
+        return _statistic(scaled(log2_factor), "saturation") - target
+
+    zero = torch.zeros_like(target)
+    now = gap(zero)
+    raise_it = now < 0
+    far = torch.where(raise_it, zero + LOG2_SCALE_RANGE[1], zero + LOG2_SCALE_RANGE[0])
+    far_gap = gap(far)
+    low, high = torch.where(raise_it, zero, far), torch.where(raise_it, far, zero)
+    gap_low, gap_high = torch.where(raise_it, now, far_gap), torch.where(raise_it, far_gap, now)
+    reachable = (gap_low <= 0) & (gap_high >= 0)
+    last_moved = torch.zeros_like(target)                  # −1: low end moved last, +1: high end
+    for _ in range(SCALE_STEPS):
+        span = gap_high - gap_low
+        guess = torch.where(span > EPS, low - gap_low * (high - low) / span.clamp_min(EPS), (low + high) / 2)
+        guess = torch.minimum(torch.maximum(guess, low), high)
+        value = gap(guess)
+        below = value < 0
+        # Illinois: when the same end moves twice running, halve the other end's value
+        gap_high = torch.where(below & (last_moved < 0), gap_high / 2, gap_high)
+        gap_low = torch.where(~below & (last_moved > 0), gap_low / 2, gap_low)
+        low, gap_low = torch.where(below, guess, low), torch.where(below, value, gap_low)
+        high, gap_high = torch.where(below, high, guess), torch.where(below, gap_high, value)
+        last_moved = torch.where(below, -torch.ones_like(target), torch.ones_like(target))
+    best = torch.where(gap_high.abs() < gap_low.abs(), high, low)
+    unreachable_end = torch.where(gap_high < 0, high, low)      # whole bracket on one side of σ
+    return scaled(torch.where(reachable, best, unreachable_end))
+
+
+def _rotated(lab: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    angle = (turns * 2 * math.pi).view(-1, 1, 1)
+    a, b = lab[:, 1], lab[:, 2]
+    ab = torch.stack([a * torch.cos(angle) - b * torch.sin(angle), a * torch.sin(angle) + b * torch.cos(angle)], 1)
+    return project_to_gamut(torch.cat([lab[:, :1], ab], dim=1))
+
+
+def _arc(turns: torch.Tensor) -> torch.Tensor:
+    """Signed shortest arc in turns, in [−½, ½)."""
+    return (turns + 0.5) % 1.0 - 0.5
+
+
+def adjust_hue(lab: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Rotate ab toward the target hue (turns): secant steps on the rotation angle, because the
+    saturation-weighted HSV hue turns faster or slower than the Lab angle depending on the colors."""
+    total = torch.zeros_like(target)
+    gap = _arc(target - _statistic(lab, "hue"))
+    slope = torch.ones_like(target)
+    adjusted = lab
+    for _ in range(HUE_ROUNDS):
+        step = gap / slope
+        total = total + step
+        adjusted = _rotated(lab, total)
+        new_gap = _arc(target - _statistic(adjusted, "hue"))
+        measured = (gap - new_gap) / torch.where(step.abs() > 1e-6, step, torch.ones_like(step))
+        slope = torch.where(step.abs() > 1e-6, measured.clamp(0.25, 4.0), slope)
+        gap = new_gap
+    return adjusted
+
+
+def _residuals(lab: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(N, k) signed p(image) − σ per target, hue by the signed shortest arc."""
+    achieved = image_statistics(lab_normalized_to_rgb(lab), tuple(targets))
+    gaps = [achieved[n] - t if n != "hue" else _arc(achieved[n] - t) for n, t in targets.items()]
+    return torch.stack(gaps, dim=1)
+
+
+def adjust_by_gradient(lab: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Projected Gauss–Newton steps, L fixed, back in gamut after each: the smallest ab move that
+    zeroes the linearized residuals r, δ = −Jᵀ(JJᵀ)⁻¹r per image. For one statistic this is gradient
+    descent on |p − σ| with Polyak's step |p − σ| / |∇p|²."""
+    lightness, ab = lab[:, :1], lab[:, 1:].detach()
+    for _ in range(GRADIENT_STEPS):
+        with torch.enable_grad():
+            variable = ab.clone().requires_grad_(True)
+            residual = _residuals(torch.cat([lightness, variable], dim=1), targets)
+            rows = [torch.autograd.grad(residual[:, j].sum(), variable, retain_graph=True)[0].flatten(1)
+                    for j in range(residual.shape[1])]
+        jacobian = torch.stack(rows, dim=1)                                     # (N, k, 2·H·W)
+        gram = jacobian @ jacobian.transpose(1, 2)
+        damping = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(EPS)  # nearly dependent rows
+        gram = gram + damping.view(-1, 1, 1) * torch.eye(gram.shape[1], device=gram.device, dtype=gram.dtype)
+        coefficients = torch.linalg.solve(gram, residual.detach().unsqueeze(-1))  # (N, k, 1)
+        step = (jacobian.transpose(1, 2) @ coefficients).view_as(ab)
+        # trust region: the statistics are piecewise (HSV's max and min), a long linear step overshoots
+        longest = step.norm(dim=1).amax(dim=(1, 2)).clamp_min(EPS)
+        step = step * (STEP_RADIUS / longest).clamp(max=1.0).view(-1, 1, 1, 1)
+        ab = project_to_gamut(torch.cat([lightness, ab - step], dim=1))[:, 1:]
+    return torch.cat([lightness, ab], dim=1)
+
+
+def adjust_to_targets(lab: torch.Tensor, targets: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
+    """(N,3,H,W) normalized Lab with each image's ab moved to meet `targets` ({statistic: (N,) tensor
+    or float}; hue in turns). L is unchanged; the result is detached. The closed forms run first
+    (hue, then saturation: scaling chroma keeps the Lab hue), then the gradient steps; with more
+    than one target those steps take all of them at once, so the closed forms' results hold."""
+    unknown = [name for name in targets if name not in GRADIENT_NAMES + ("hue", "saturation")]
+    if unknown:
+        raise ValueError(f"adjust_to_targets: unknown statistic(s) {unknown}")
+    adjusted = lab.detach()
+    per_image = {name: _per_image(value, adjusted) for name, value in targets.items()}
+    if "hue" in per_image:
+        adjusted = adjust_hue(adjusted, per_image["hue"])
+    if "saturation" in per_image:
+        adjusted = adjust_saturation(adjusted, per_image["saturation"])
+    if len(per_image) > 1 or not {"hue", "saturation"} & set(per_image):
+        adjusted = adjust_by_gradient(adjusted, per_image)
+    return torch.cat([lab[:, :1].detach(), adjusted[:, 1:]], dim=1)
+
+
+def target_error(lab: torch.Tensor, targets: Mapping[str, torch.Tensor | float]) -> dict[str, torch.Tensor]:
+    """Per-image distance to each target (hue by the shortest arc), {name: (N,)}."""
+    achieved = image_statistics(lab_normalized_to_rgb(lab), tuple(targets))
+    return {name: distance(name, achieved[name], _per_image(t, achieved[name])) for name, t in targets.items()}
