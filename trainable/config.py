@@ -21,6 +21,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SWITCHES = ("auto", "on", "off")
 CONDITIONINGS = ("none", "film")
 D_CONDITIONINGS = ("none", "projection")
+UPSAMPLES = ("transposed", "resize")
+L1_TARGETS = ("original", "adjusted")
+CONTROL_ON = ("generator", "discriminator", "both")
 
 
 class ConfigError(ValueError):
@@ -56,6 +59,7 @@ class DataConfig:
     download: bool = False        # cifar10: fetch the official archive when it is absent
     flip: bool = True             # random horizontal flips
     synthetic_size: int = 512     # number of images the synthetic dataset makes
+    adjust_fraction: float = 0.0  # share of training images replaced by their target-adjusted versions
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,16 @@ class ModelConfig:
     width: float = 1.0            # channel multiplier; 1.0 = the paper's widths
     conditioning: str = "none"    # film: G takes per-image targets (Perez et al. 2017)
     d_conditioning: str = "none"  # projection: D sees them too (Miyato & Koyama 2018)
+    upsample: str = "transposed"  # resize: nearest ×2 then 3×3 conv (no checkerboard; Odena et al. 2016)
 
 
 @dataclass(frozen=True)
 class LossConfig:
     l1_weight: float = 100.0
     real_label: float = 0.9       # one-sided label smoothing; 1.0 turns it off
+    adversarial_weight: float = 1.0   # 0 = the plain U-Net of the paper's comparisons
+    l1_target: str = "original"   # adjusted: L1 toward the real image moved to the targets (trainable.adjust)
+    control_on: str = "generator"  # discriminator: D sees adjusted reals, G has no λ terms; both: both
     saturation: ControlConfig = field(default_factory=ControlConfig)
     value: ControlConfig = field(default_factory=ControlConfig)
     hue: ControlConfig = field(default_factory=ControlConfig)
@@ -113,6 +121,7 @@ class TrainConfig:
     cuda_graph: str = "auto"      # capture the whole D+G step in one CUDA graph; auto = off until measured
     fused_adam: str = "auto"      # auto = on for CUDA
     channels_last: str = "auto"   # NHWC convolutions; auto = on for the CPU (measured), off on CUDA
+    fid_every: int = 0            # FID/KID on the validation split every N epochs; 0 = off (slow on a CPU)
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,7 @@ def _validate(cfg: Config) -> None:
     _check("model.width", 0 < m.width <= 4, f"must be in (0, 4], got {m.width}")
     _check("loss.l1_weight", lo.l1_weight >= 0, "must be >= 0")
     _check("loss.real_label", 0.5 < lo.real_label <= 1, "must be in (0.5, 1]")
+    _validate_adjusted(cfg)
     for name in CONTROL_NAMES:
         control = getattr(lo, name)
         _check(f"loss.{name}.weight", control.weight >= 0 and math.isfinite(control.weight), "must be >= 0")
@@ -165,6 +175,18 @@ def _validate(cfg: Config) -> None:
     _check("train.threads", t.threads >= 0, "must be >= 0")
     for key in ("cuda_graph", "fused_adam", "channels_last"):
         _check(f"train.{key}", getattr(t, key) in SWITCHES, f"must be one of {', '.join(SWITCHES)}")
+
+
+def _validate_adjusted(cfg: Config) -> None:
+    """Issue 12's switches: adjusted ground truth, where the controls act, upsampling, U-Net."""
+    lo = cfg.loss
+    for key, value, allowed in (("loss.l1_target", lo.l1_target, L1_TARGETS),
+                                ("loss.control_on", lo.control_on, CONTROL_ON),
+                                ("model.upsample", cfg.model.upsample, UPSAMPLES)):
+        _check(key, value in allowed, f"must be one of {', '.join(allowed)}, got {value!r}")
+    _check("loss.adversarial_weight", lo.adversarial_weight >= 0, "must be >= 0")
+    _check("data.adjust_fraction", 0 <= cfg.data.adjust_fraction <= 1, "must be in [0, 1]")
+    _check("train.fid_every", cfg.train.fid_every >= 0, "must be >= 0")
 
 
 def _validate_conditioning(cfg: Config) -> None:
