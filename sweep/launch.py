@@ -28,7 +28,7 @@ EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2,
 # Ray's own lines that tell a user of this launcher nothing (our summary says it, or names this
 # command instead of `Tuner.restore`); every other warning and error still shows.
 RAY_CHATTER = ("Token authentication is enabled", "Resume experiment with", "Stop signal received",
-               "Trials did not complete")
+               "Trials did not complete", "Failed to fetch metrics")   # the last: trials not yet started
 
 
 class LaunchError(RuntimeError):
@@ -113,7 +113,8 @@ def _quiet_environment(local: bool) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A failed trial is one line in our output; its traceback stays in the trial's error.txt.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.tune"):
+    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.tune",
+                 "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).addFilter(_DropChatter())
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)

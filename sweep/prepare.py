@@ -91,15 +91,18 @@ def _trial_seconds(cfg: Config, images: np.ndarray) -> tuple[float, float, int, 
 def cpu_estimate(spec, images: np.ndarray, cpus: float) -> str:
     """One line: no GPU, the sweep's projected length from measured steps, and a CPU-sized sweep."""
     from sweep.space import probe_config
-    threads = max(1, math.floor(cpus / spec.max_concurrent))
-    cfg = apply_overrides(probe_config(spec.config, spec.space), {"train.threads": threads})
+    probe = probe_config(spec.config, spec.space)
+    threads = probe.train.threads or max(1, math.floor(cpus / spec.max_concurrent))   # as a trial gets
+    cfg = apply_overrides(probe, {"train.threads": threads})
     parallel = max(1, min(spec.max_concurrent, math.floor(max(cpus, 1) / threads)))
     trial_s, step_s, steps, train_count = _trial_seconds(cfg, images)
     total_s = trial_s * spec.num_samples / parallel
     bound = "up to " if spec.scheduler == "asha" else ""
-    line = (f"no GPU: this sweep would take {bound}{_format_duration(total_s)} on {cpus:g} CPUs "
+    line = (f"no GPU: training this sweep takes {bound}{_format_duration(total_s)} on {cpus:g} CPUs "
             f"({spec.num_samples} trials x {cfg.train.epochs} epochs x {steps} steps, "
             f"{step_s:.2f} s per batch of {cfg.train.batch_size} at width {cfg.model.width:g}, measured now)")
+    if spec.time_budget_s is not None and spec.time_budget_s < total_s:
+        line += f"; its time budget stops it after {_format_duration(spec.time_budget_s)} (rerun continues)"
     small = apply_overrides(cfg, {"model.width": min(CPU_SIZED_WIDTH, cfg.model.width)})
     small_trial_s = trial_s if small == cfg else _trial_seconds(small, images)[0]
     budget_s = CPU_SIZED_HOURS * 3600 * parallel

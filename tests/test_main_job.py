@@ -121,3 +121,18 @@ def test_unreadable_data_is_one_line(tmp_path):
         prepare_data(DataConfig(dataset="cifar10", path=str(folder)))
     assert str(err.value).startswith(str(folder / "train.npz")) and "\n" not in str(err.value)
     assert folder.is_dir()                          # a folder the user made stays
+
+
+@pytest.mark.slow
+def test_without_a_gpu_the_estimate_is_measured_and_names_a_cpu_sized_sweep():
+    from sweep.prepare import cpu_estimate
+    from sweep.spec import load_spec
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml", ["num_samples=1000", "train.epochs=300"])
+    images = prepare_data(spec.config.data)
+    line = cpu_estimate(spec, images, 2.0)
+    assert line.startswith("no GPU: training this sweep takes ") and "\n" not in line
+    assert "1000 trials x 300 epochs" in line and "measured now" in line
+    suggested = int(re.search(r"--set num_samples=(\d+)$", line).group(1))
+    assert 2 <= suggested < 1000
+    small = cpu_estimate(load_spec(ROOT / "search_spaces" / "smoke.yaml"), images, 2.0)
+    assert small.endswith("it is CPU-sized already")
