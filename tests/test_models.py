@@ -93,3 +93,13 @@ def test_build_models_from_config():
     assert conv_out_channels(generator.encoder)[0] == 16
     assert len(generator.encoder) == 6
     assert discriminator(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 4, 4)
+
+
+def test_resize_upsampling_has_no_transposed_conv_and_keeps_shapes():
+    from trainable.config import load_config
+    cfg = load_config(None, ["model.upsample=resize", "model.width=0.125"])
+    generator, _ = build_models(cfg)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in generator.modules())
+    assert sum(isinstance(m, torch.nn.Upsample) for m in generator.modules()) == len(generator.decoder)
+    out = generator(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 2, 32, 32)

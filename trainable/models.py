@@ -66,13 +66,12 @@ def down(in_channels: int, out_channels: int, stride: int, batch_norm: bool = Tr
     return nn.Sequential(*layers)
 
 
-def up(in_channels: int, out_channels: int) -> nn.Sequential:
-    """4×4 transposed conv, stride 2 (doubles the size) → BatchNorm → ReLU."""
-    return nn.Sequential(
-        nn.ConvTranspose2d(in_channels, out_channels, KERNEL, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    )
+def up(in_channels: int, out_channels: int, resize: bool = False) -> nn.Sequential:
+    """4×4 transposed conv, stride 2 (doubles the size) → BatchNorm → ReLU. With `resize`: nearest
+    ×2 then a 3×3 conv instead, which cannot make the transposed conv's checkerboard (Odena et al. 2016)."""
+    grow = ([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)]
+            if resize else [nn.ConvTranspose2d(in_channels, out_channels, KERNEL, stride=2, padding=1, bias=False)])
+    return nn.Sequential(*grow, nn.BatchNorm2d(out_channels), nn.ReLU())
 
 
 class Film(nn.Module):
@@ -109,7 +108,8 @@ def run_stage(stage: nn.Sequential, x: torch.Tensor, film: tuple[torch.Tensor, t
 class Generator(nn.Module):
     """U-Net: normalized L (N,1,S,S) [and c (N, CONDITION_SIZE)] → normalized ab (N,2,S,S) in [−1, 1]."""
 
-    def __init__(self, image_size: int = 32, width: float = 1.0, conditioned: bool = False):
+    def __init__(self, image_size: int = 32, width: float = 1.0, conditioned: bool = False,
+                 upsample: str = "transposed"):
         super().__init__()
         widths = stage_widths(_stride_two_stages(image_size, 2) + 1, width)
         # 32×32, width 1: encoder 64 @32 (stride 1), 128 @16, 256 @8, 512 @4, 512 @2.
@@ -122,7 +122,7 @@ class Generator(nn.Module):
         self.decoder = nn.ModuleList()
         in_ch = widths[-1]
         for out_ch in skip_widths:
-            self.decoder.append(up(in_ch, out_ch))
+            self.decoder.append(up(in_ch, out_ch, resize=upsample == "resize"))
             in_ch = 2 * out_ch
         # 1×1 conv to ab, tanh keeps it in [−1, 1]: (N, 2·64, 32, 32) → (N, 2, 32, 32).
         self.head = nn.Sequential(nn.Conv2d(in_ch, 2, kernel_size=1), nn.Tanh())
@@ -211,7 +211,8 @@ def init_weights(module: nn.Module) -> nn.Module:
 
 def build_generator(cfg: Config) -> Generator:
     """The generator cfg describes (conditioned or not), with PyTorch's default initialization."""
-    return Generator(cfg.data.image_size, cfg.model.width, conditioned=cfg.model.conditioning == "film")
+    return Generator(cfg.data.image_size, cfg.model.width, conditioned=cfg.model.conditioning == "film",
+                     upsample=cfg.model.upsample)
 
 
 def build_models(cfg: Config) -> tuple[Generator, Discriminator]:
