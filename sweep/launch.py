@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trainable import layout as sweep_state
 from analysis.store import StoreError
-from sweep.spec import SpecError, SweepSpec, incompatibility, load_spec, resolved, with_resolved_paths
+from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
 from trainable.download import DataError
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -75,7 +75,7 @@ def _check_resume(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: s
     old = sweep_state.read_state(sweep_dir)
     saved = sweep_state.read_spec(sweep_dir)
     if saved is not None:
-        changed = incompatibility(with_resolved_paths(saved), resolved(spec))
+        changed = incompatibility(comparable(saved), resolved(spec))
         if changed:
             raise SpecError(f"{changed} since this sweep started in {sweep_dir}; "
                             f"use the old spec to resume it, or --fresh to start over")
@@ -214,7 +214,10 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.num_samples} trials, {spec.max_concurrent} at a time", flush=True)
     if not cluster.get("GPU") and old is None:
-        print(cpu_estimate(spec, images, cluster.get("CPU", 1.0)), flush=True)
+        try:
+            print(cpu_estimate(spec, images, cluster.get("CPU", 1.0)), flush=True)
+        except Exception as err:  # an estimate is a courtesy: the trials report their own errors
+            print(f"no GPU: the trials train on the CPU (could not time a step here: {err})", flush=True)
     del images
     tracker, record = _open_tracking(spec, old, args.mlflow_uri)
     sweep_state.write_spec(sweep_dir, resolved(spec))

@@ -93,7 +93,7 @@ def cpu_estimate(spec, images: np.ndarray, cpus: float) -> str:
     from sweep.space import probe_config
     probe = probe_config(spec.config, spec.space)
     threads = probe.train.threads or max(1, math.floor(cpus / spec.max_concurrent))   # as a trial gets
-    cfg = apply_overrides(probe, {"train.threads": threads})
+    cfg = apply_overrides(probe, {"train.threads": threads, "train.device": "cpu"})
     parallel = max(1, min(spec.max_concurrent, math.floor(max(cpus, 1) / threads)))
     trial_s, step_s, steps, train_count = _trial_seconds(cfg, images)
     total_s = trial_s * spec.num_samples / parallel

@@ -176,19 +176,24 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return apply_overrides(config, {key: absolute_path(values[key], base) for key in PATH_KEYS})
 
 
-def with_resolved_paths(saved: Mapping, base: Path | None = None) -> dict:
-    """A saved resolved spec with its path keys made absolute, so a sweep saved with a relative
-    `data.path` compares equal to the same spec resolved today and resumes."""
+def comparable(saved: Mapping, base: Path | None = None) -> dict:
+    """A saved resolved spec as today's code resolves it, for the resume check: config keys added
+    since it was saved take their defaults, and a relative path key is made absolute (sweeps saved
+    `data.path: ./dataset/cifar10`); so only real changes are refused."""
     base = Path.cwd() if base is None else base
-    out = {**saved, "config": copy.deepcopy(saved.get("config") or {})}
+    config = copy.deepcopy(saved.get("config") or {})
+    try:
+        config = to_dict(from_dict(config))
+    except ConfigError:           # a key since removed or renamed: the comparison names it
+        pass
     for key in PATH_KEYS:
         *sections, leaf = key.split(".")
-        node = out["config"]
+        node = config
         for section in sections:
             node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
             node[leaf] = absolute_path(node[leaf], base)
-    return out
+    return {**saved, "config": config}
 
 
 def parse_spec(raw: Mapping, sets: Sequence[str] = (), base: Path | None = None) -> SweepSpec:

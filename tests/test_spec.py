@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from sweep.launch import main
-from sweep.spec import (SpecError, incompatibility, load_spec, parse_duration, parse_spec, resolved,
-                        with_resolved_paths)
+from sweep.spec import (SpecError, comparable, incompatibility, load_spec, parse_duration, parse_spec,
+                        resolved)
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 GOOD = {
@@ -133,9 +133,18 @@ def test_a_saved_relative_path_still_resumes(tmp_path, monkeypatch):
     saved = yaml.safe_load(yaml.safe_dump(current))
     saved["config"]["data"]["path"] = "./dataset/cifar10"          # as sweeps saved it before
     assert incompatibility(saved, current).startswith("config.data.path was './dataset/cifar10'")
-    assert incompatibility(with_resolved_paths(saved), current) is None
+    assert incompatibility(comparable(saved), current) is None
     saved["config"]["data"]["path"] = "./other"
-    assert incompatibility(with_resolved_paths(saved), current).startswith("config.data.path was")
+    assert incompatibility(comparable(saved), current).startswith("config.data.path was")
+
+
+def test_a_saved_spec_without_keys_added_since_still_resumes():
+    current = resolved(parse_spec(GOOD))
+    saved = yaml.safe_load(yaml.safe_dump(current))
+    del saved["config"]["data"]["flip"]                             # a key older code did not have
+    assert incompatibility(comparable(saved), current) is None
+    saved["config"]["model"]["width"] = 0.5
+    assert incompatibility(comparable(saved), current).startswith("config.model.width was 0.5")
 
 
 @pytest.mark.integration
