@@ -76,6 +76,21 @@ def test_generator_loss_parts():
     assert set(losses) == {"loss_g", "loss_g_adv", "loss_l1", "loss_control", "control_blue"}
 
 
+@pytest.mark.parametrize("control_on, adversarial_weight", [("generator", 0.0), ("discriminator", 2.0),
+                                                        ("both", 1.0)])
+def test_generator_loss_switches(control_on, adversarial_weight):
+    """adversarial_weight scales the BCE (0 = plain U-Net); control_on=discriminator drops G's λ terms."""
+    fake_logits, real_ab = torch.full((2, 1, 4, 4), 0.5), torch.zeros(2, 2, 4, 4)
+    fake_ab, fake_rgb = torch.full((2, 2, 4, 4), 0.1), solid(0.0, 0.0, 1.0, size=4).expand(2, 3, 4, 4)
+    cfg = LossConfig(l1_weight=100.0, blue=ControlConfig(weight=3.0, target=0.5),
+                     adversarial_weight=adversarial_weight, control_on=control_on)
+    losses = generator_loss(fake_logits, fake_ab, real_ab, fake_rgb, cfg)
+    control = 0.0 if control_on == "discriminator" else 1.5
+    assert losses["loss_control"].item() == pytest.approx(control, rel=1e-5)
+    expected = adversarial_weight * bce(0.5, 1.0) + 10.0 + control
+    assert losses["loss_g"].item() == pytest.approx(expected, rel=1e-5)
+
+
 def generator_grad(lightness, ab, cfg):
     ab = ab.clone().requires_grad_(True)
     fake_rgb = lab_normalized_to_rgb(torch.cat([lightness, ab], dim=1))

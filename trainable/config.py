@@ -91,6 +91,10 @@ class LossConfig:
         controls = {name: getattr(self, name) for name in CONTROL_NAMES}
         return {name: c for name, c in controls.items() if c.weight > 0 and not c.range}
 
+    def generator_controls(self) -> dict[str, ControlConfig]:
+        """The fixed-target λ terms in G's loss: none when only D demands the targets (control_on)."""
+        return {} if self.control_on == "discriminator" else self.controlled()
+
     def conditioned(self) -> dict[str, ControlConfig]:
         """The statistics with a range: inputs of a conditioned generator, by name."""
         controls = {name: getattr(self, name) for name in CONTROL_NAMES}
