@@ -7,11 +7,16 @@ Realism (`val_realism_abhist`, lower is better): the Jensen–Shannon divergence
 between the 2-D histograms of (a, b) over all pixels of the colorized and of the real images,
 with AB_BINS × AB_BINS bins spanning a, b ∈ [−110, 110]. 0 = identical color distributions,
 1 = disjoint. A gray output against colored photos scores high.
+
+Hue realism (`val_hue_js`, lower is better): the same divergence between the HSV-saturation-weighted
+histograms of HSV hue (HUE_BINS bins) over all pixels; it sees a one-hue collapse (everything cyan)
+that the ab histogram blurs. An all-gray colorization has no hue mass and scores 0.5.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import kornia.color
 import torch
 
 from trainable.color import AB_SCALE, CONTROL_NAMES, batch_mean, distance, image_statistics
@@ -20,6 +25,7 @@ from trainable.names import PIXEL_ACC_THRESHOLDS
 
 PIXEL_ACC_UNIT = 2.2        # Nazeri et al.: |Δa|, |Δb| ≤ 2.2·t in Lab units counts as correct
 AB_BINS = 32
+HUE_BINS = 36
 
 
 def ab_histogram(ab: torch.Tensor) -> torch.Tensor:
@@ -27,6 +33,13 @@ def ab_histogram(ab: torch.Tensor) -> torch.Tensor:
     bins = ((ab.float().clamp(-1, 1) + 1) / 2 * AB_BINS).long().clamp_(max=AB_BINS - 1)
     flat = (bins[:, 0] * AB_BINS + bins[:, 1]).flatten()
     return torch.bincount(flat, minlength=AB_BINS * AB_BINS).float()
+
+
+def hue_histogram(rgb: torch.Tensor) -> torch.Tensor:
+    """Saturation-weighted counts of HSV hue, (N,3,H,W) RGB in [0,1] → (HUE_BINS,)."""
+    hsv = kornia.color.rgb_to_hsv(rgb.float())
+    bins = (hsv[:, 0] / (2 * torch.pi) * HUE_BINS).long().clamp_(0, HUE_BINS - 1)
+    return torch.bincount(bins.flatten(), weights=hsv[:, 1].flatten(), minlength=HUE_BINS).float()
 
 
 def jensen_shannon(p_counts: torch.Tensor, q_counts: torch.Tensor) -> float:
@@ -67,6 +80,8 @@ class MetricAccumulator:
         self._add("l1", (fake_ab - real_ab).abs().mean(dim=(1, 2, 3)).sum())
         self._add("hist_fake", ab_histogram(fake_ab))
         self._add("hist_real", ab_histogram(real_ab))
+        self._add("hue_fake", hue_histogram(fake_rgb))
+        self._add("hue_real", hue_histogram(real_rgb))
         for name, values in image_statistics(fake_rgb).items():
             self.per_image[name].append(values.float())
         self.real_colorfulness.append(image_statistics(real_rgb, ("colorfulness",))["colorfulness"])
@@ -87,6 +102,7 @@ class MetricAccumulator:
         out["val_psnr"] = float(self.sums["psnr"]) / n
         out["val_l1"] = float(self.sums["l1"]) / n
         out["val_realism_abhist"] = jensen_shannon(self.sums["hist_fake"], self.sums["hist_real"])
+        out["val_hue_js"] = jensen_shannon(self.sums["hue_fake"], self.sums["hue_real"])
         real_colorfulness = float(torch.cat(self.real_colorfulness).mean())
         out["val_colorfulness_ratio"] = out["val_colorfulness"] / max(real_colorfulness, 1e-8)
         return out

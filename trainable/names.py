@@ -21,4 +21,4 @@ def metric_names(controlled: Mapping[str, ControlConfig], conditioned: Sequence[
     for name in conditioned:      # evaluated on a grid of targets (trainable.condition.grid_metrics)
         names += [f"val_control_error_{name}", f"val_control_error_{name}_batch", f"val_control_monotonic_{name}"]
     names += [f"val_pixel_acc_{t}" for t in PIXEL_ACC_THRESHOLDS]
-    return names + ["val_psnr", "val_l1", "val_realism_abhist", "val_colorfulness_ratio"]
+    return names + ["val_psnr", "val_l1", "val_realism_abhist", "val_hue_js", "val_colorfulness_ratio"]
