@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.adjust import _unclipped_rgb, adjust_to_targets, project_to_gamut, target_error
+from trainable.adjust import (_unclipped_rgb, adjust_to_targets, batch_targets, project_to_gamut, target_error,
+                              training_views)
 from trainable.color import image_statistics, lab_normalized_to_rgb, rgb_to_lab_normalized
+from trainable.config import load_config
 
 OTHERS = ("value", "red", "green", "blue", "colorfulness")
 
@@ -80,3 +82,21 @@ def test_unreachable_saturation_stops_at_the_gamut_bound(lab):
     assert (after > before + 0.1).all() and (after <= 1.0).all()
     rgb = _unclipped_rgb(adjusted)
     assert rgb.min() >= -2e-3 and rgb.max() <= 1 + 2e-3
+
+
+@pytest.mark.parametrize("l1_target, control_on, fraction", [("original", "generator", 0.0),
+                                                              ("adjusted", "generator", 0.0),
+                                                              ("original", "discriminator", 0.5),
+                                                              ("adjusted", "both", 0.25)])
+def test_training_views_follow_the_switches(lab, l1_target, control_on, fraction):
+    cfg = load_config(None, ["loss.saturation.weight=10", "loss.saturation.target=0.6",
+                             f"loss.l1_target={l1_target}", f"loss.control_on={control_on}",
+                             f"data.adjust_fraction={fraction}"])
+    targets = batch_targets(cfg.loss)
+    assert targets == {"saturation": 0.6}
+    batch, l1_ab, real_ab = training_views(lab, cfg, targets)
+    adjusted = adjust_to_targets(lab, targets)
+    replaced = round(fraction * len(lab))
+    assert torch.equal(batch[:replaced], adjusted[:replaced]) and torch.equal(batch[replaced:], lab[replaced:])
+    assert torch.equal(l1_ab, adjusted[:, 1:] if l1_target == "adjusted" else batch[:, 1:])
+    assert torch.equal(real_ab, adjusted[:, 1:] if control_on != "generator" else batch[:, 1:])

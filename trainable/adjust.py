@@ -22,6 +22,8 @@ import kornia.color
 import torch
 
 from trainable.color import AB_SCALE, distance, image_statistics, l_from_normalized, lab_normalized_to_rgb
+from trainable.condition import Targets
+from trainable.config import Config, LossConfig
 
 GAMUT_TOLERANCE = 1e-4        # linear RGB: float error of real pixels, well under an 8-bit step
 MAX_CHROMA = 1.5              # normalized ab; no sRGB color has |ab| above ~134 Lab units (1.22)
@@ -202,7 +204,7 @@ def adjust_by_gradient(lab: torch.Tensor, targets: Mapping[str, torch.Tensor]) -
         gram = jacobian @ jacobian.transpose(1, 2)
         damping = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(EPS)  # nearly dependent rows
         gram = gram + damping.view(-1, 1, 1) * torch.eye(gram.shape[1], device=gram.device, dtype=gram.dtype)
-        coefficients = torch.linalg.solve(gram, residual.detach().unsqueeze(-1))  # (N, k, 1)
+        coefficients = torch.linalg.solve_ex(gram, residual.detach().unsqueeze(-1))[0]  # (N, k, 1); no sync
         step = (jacobian.transpose(1, 2) @ coefficients).view_as(ab)
         # trust region: the statistics are piecewise (HSV's max and min), a long linear step overshoots
         longest = step.norm(dim=1).amax(dim=(1, 2)).clamp_min(EPS)
@@ -234,3 +236,33 @@ def target_error(lab: torch.Tensor, targets: Mapping[str, torch.Tensor | float])
     """Per-image distance to each target (hue by the shortest arc), {name: (N,)}."""
     achieved = image_statistics(lab_normalized_to_rgb(lab), tuple(targets))
     return {name: distance(name, achieved[name], _per_image(t, achieved[name])) for name, t in targets.items()}
+
+
+def batch_targets(loss_cfg: LossConfig, requested: Targets | None = None,
+                  own: Targets | None = None) -> dict[str, torch.Tensor | float]:
+    """What a training batch is adjusted to: a conditioned trainer's per-image requested targets (a
+    hidden statistic keeps the image's own value), else the fixed targets of the controlled ones."""
+    if requested is not None and requested.names:
+        return {name: torch.where(requested.present[:, i] > 0, requested.values[:, i], own.values[:, i])
+                for i, name in enumerate(requested.names)}
+    return {name: control.target for name, control in loss_cfg.controlled().items()}
+
+
+def training_views(batch: torch.Tensor, cfg: Config,
+                   targets: Mapping[str, torch.Tensor | float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the batch to train on, the ab the L1 term pulls toward, the ab D is shown as real).
+
+    data.adjust_fraction replaces the batch's first images (batches are drawn in random order, so a
+    random share of each epoch) by their adjusted versions; loss.l1_target=adjusted and
+    loss.control_on=discriminator|both use the adjusted ab. Without targets nothing changes."""
+    loss_cfg, fraction = cfg.loss, cfg.data.adjust_fraction
+    wanted = loss_cfg.l1_target == "adjusted" or loss_cfg.control_on != "generator" or fraction > 0
+    if not wanted or not targets:
+        return batch, batch[:, 1:], batch[:, 1:]
+    adjusted = adjust_to_targets(batch.float(), targets).to(batch.dtype)
+    replaced = round(fraction * batch.shape[0])
+    if replaced:
+        batch = torch.cat([adjusted[:replaced], batch[replaced:]])
+    l1_ab = adjusted[:, 1:] if loss_cfg.l1_target == "adjusted" else batch[:, 1:]
+    real_ab = adjusted[:, 1:] if loss_cfg.control_on != "generator" else batch[:, 1:]
+    return batch, l1_ab, real_ab
