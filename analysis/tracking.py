@@ -32,7 +32,7 @@ PARENT = "mlflow.parentRunId"
 LOST = "colorsweep.lost"              # runs of trials a crash lost before Tune saved them
 SWEEP, SWEEP_PATH = "colorsweep.sweep", "colorsweep.sweep_path"
 FINAL_TRIAL, FINAL_RANK, FINAL_SOURCE = "colorsweep.trial_id", "colorsweep.trial_rank", "colorsweep.trial_run_id"
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 UI: runs, not traces
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3 UI: runs, not traces
 STEP_METRIC = "epoch"                 # every report carries it; its history says which steps are logged
 BATCH = 100                           # MLflow's limit of params / metrics per log_batch call
 PARETO_TABLE = "pareto_front.json"
@@ -84,10 +84,9 @@ def log_file(client: MlflowClient, run_id: str, path: str | os.PathLike, artifac
 def experiment_id(client: MlflowClient, name: str) -> str:
     """Find or create the experiment; either way it is marked as a model-training experiment."""
     found = client.get_experiment_by_name(name)
-    found_id = found.experiment_id if found else client.create_experiment(name, tags=EXPERIMENT_KIND)
-    if found and found.tags.get("mlflow.experimentKind") is None:
-        for key, value in EXPERIMENT_KIND.items():
-            client.set_experiment_tag(found_id, key, value)
+    found_id = found.experiment_id if found else client.create_experiment(name, tags={KIND_TAG: KIND})
+    if found and KIND_TAG not in found.tags:      # a sweep started before the tag existed
+        client.set_experiment_tag(found_id, KIND_TAG, KIND)
     return found_id
 
 
