@@ -212,7 +212,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     build_searcher(spec)  # sampler problems (cmaes without its package) before Ray starts
     cluster = _start_ray(args.address)
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-          f"{spec.num_samples} trials, {spec.max_concurrent} at a time", flush=True)
+          f"{spec.num_samples} trials, {min(spec.max_concurrent, spec.num_samples)} at a time", flush=True)
     if not cluster.get("GPU") and old is None:
         try:
             print(cpu_estimate(spec, images, cluster.get("CPU", 1.0)), flush=True)

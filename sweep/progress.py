@@ -3,7 +3,7 @@ terminal; one plain line every PLAIN_EVERY_S when it is piped (no ANSI codes); t
 
 A row is a plain dict made by the Ray adapter: {"trial", "status" (Tune's), "epoch" (epochs
 reported), "epochs", "config" (searched values), "metrics" (last report), "live" (the trial's
-`sweep.trial_progress` record or None), "error" (last line of a failed trial's error or None)}.
+`sweep.trial_progress` record or None)}. A trial that ends or fails is one `event` line.
 The ETA is the epochs left (in-epoch progress counted) times the median measured epoch time, over
 the trials that run at once. Columns are dropped, never cut, to fit the terminal; objectives stay.
 """
@@ -259,9 +259,6 @@ def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking
     if front:
         shown = front[:10] if len(spec.objectives) > 1 else front[:1]
         console.print(trial_table(shown, spec, console.size.width, title=label))
-    for row in rows:
-        if row.get("error"):
-            console.print(Text(f"trial {row['trial']} failed: {row['error']}"), soft_wrap=True)
     for line in (outcome, f"results:  {sweep_dir}",
                  f"MLflow:   experiment '{spec.name}' — see it with: mlflow ui --backend-store-uri {tracking_uri}"):
         console.print(Text(line), soft_wrap=True)     # a command or path wrapped by rich cannot be pasted

@@ -223,22 +223,26 @@ class TrackingCallback(tune.Callback):
 
 
 def _error_line(trial) -> str:
-    """The last line of a failed trial's error and where its whole traceback is."""
-    path = Path(trial.path, trial.run_metadata.error_filename or "error.txt")
-    try:
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except OSError:
-        lines = []
-    return f"{lines[-1] if lines else 'no error text'} (traceback: {path})"
+    """The last line of a failed trial's error and where its whole traceback is (the driver's copy
+    is written first; the one in the sweep folder follows with the next sync)."""
+    stored = Path(trial.path, trial.run_metadata.error_filename or "error.txt")
+    lines = []
+    for path in (trial.error_file, stored):
+        try:
+            lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+            break
+        except (OSError, TypeError):
+            continue
+    return f"{lines[-1] if lines else 'no error text'} (traceback: {stored})"
 
 
 def trial_row(trial_id: str, status: str, result: dict, config: dict, spec: SweepSpec,
-              live: dict | None = None, error: str | None = None) -> dict:
+              live: dict | None = None) -> dict:
     """One trial as the plain row sweep/progress.py draws."""
     return {"trial": trial_id, "status": status, "epoch": int(result.get("epoch", 0)),
             "epochs": int(config.get("train.epochs", spec.config.train.epochs)), "config": config,
             "metrics": {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-            "live": live, "error": error}
+            "live": live}
 
 
 def result_rows(grid, spec: SweepSpec) -> list[dict]:
@@ -247,12 +251,7 @@ def result_rows(grid, spec: SweepSpec) -> list[dict]:
     for result in grid:
         metrics = result.metrics or {}
         status = "ERROR" if result.error else ("TERMINATED" if metrics.get("done") else "PAUSED")
-        error = None
-        if result.error:
-            last = (str(result.error).strip().splitlines() or [type(result.error).__name__])[-1]
-            error = f"{last.strip()} (traceback: {Path(result.path, 'error.txt')})"
-        rows.append(trial_row(str(metrics.get("trial_id", "-")), status, metrics, result.config or {}, spec,
-                              error=error))
+        rows.append(trial_row(str(metrics.get("trial_id", "-")), status, metrics, result.config or {}, spec))
     return rows
 
 

@@ -28,7 +28,7 @@ def row(trial: str, status: str, epoch: int, live: dict | None = None, **metrics
     config = {"loss.saturation.weight": 12.345678, "loss.saturation.target": 0.4567,
               "loss.hue.weight": 3.21, "loss.hue.target": 0.75}
     return {"trial": trial, "status": status, "epoch": epoch, "epochs": 5, "config": config,
-            "metrics": metrics, "live": live, "error": None}
+            "metrics": metrics, "live": live}
 
 
 def running(trial: str, epoch: int, step: int, steps: int, epoch_seconds: float | None) -> dict:
