@@ -260,6 +260,7 @@ def start_final_run(state: SweepState | None, sweep: Sweep, trial_id: str, rank:
                     params: Mapping[str, object]) -> str:
     """Reopen the final run `run_id`, else create it as a child of the sweep's parent run, tagged
     with the sweep, the trial and the trial's own run."""
+    ensure_store(resolve_tracking_uri(state.tracking_uri if state else None))
     client = client_for(state)
     if run_id:
         client.update_run(run_id, status="RUNNING")
