@@ -2,13 +2,16 @@
 dir. Each test runs `python -m sweep.launch` as a user would, in a subprocess."""
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from trainable import layout as sweep_state
 from sweep.launch import main
 from sweep.spec import load_spec, resolved
-from tests.helpers import (SMOKE, assert_complete, run_launch, sigkill_then_resume, trial_dirs,
-                           trial_runs)
+from tests.helpers import (SMOKE, assert_complete, iterations, recorded_a_checkpoint, run_launch,
+                           sigkill_then_resume, start_launch, trial_dirs, trial_runs, wait_until)
 
 
 @pytest.mark.integration
@@ -41,20 +44,33 @@ def test_sigkill_then_same_command_resumes(tmp_path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_time_budget_stops_and_same_command_completes(tmp_path):
-    # Ray's start, the trials' start and a restore take ~15 s here: 40 s leaves room to progress,
-    # and 30 epochs of 1,200 images are more than one budget can hold.
-    command = ("--set", "train.epochs=30", "--set", "data.synthetic_size=1200", "--set", "time_budget=40s")
-    first = run_launch(tmp_path, *command)
-    assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "time budget reached" in first.stdout
-    assert not sweep_state.read_state(tmp_path / "sweeps" / "smoke").finished
-    for _ in range(6):
-        later = run_launch(tmp_path, *command)
-        assert later.returncode in (0, 3), later.stdout[-3000:] + later.stderr[-3000:]
-        if later.returncode == 0:
-            break
-    assert later.returncode == 0 and "sweep finished: 4 trials" in later.stdout
-    assert_complete(tmp_path, epochs=30)
+    """On events, not on the machine's speed: Ctrl+C once Tune has recorded a trial's checkpoint
+    (130, state saved); a budget that ends before a restored trial can even start (3, state saved);
+    then the same command continues from the checkpoints and finishes (0)."""
+    command = ("--set", "train.epochs=6", "--set", "data.synthetic_size=600")
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    process = start_launch(tmp_path, *command)
+    assert wait_until(lambda: recorded_a_checkpoint(sweep_dir), process), \
+        (tmp_path / "first_run.log").read_text()[-3000:]
+    os.killpg(process.pid, signal.SIGINT)              # Ctrl+C: the terminal signals the whole group
+    assert process.wait() == 130, (tmp_path / "first_run.log").read_text()[-3000:]
+    interrupted = (tmp_path / "first_run.log").read_text()
+    assert "interrupted, state saved; to continue: python -m sweep.launch" in interrupted
+    for noise in ("Tuner.restore", "Checkpoint successfully created", "Token authentication", "ensorBoard",
+                  "Traceback", "\x1b["):
+        assert noise not in interrupted, noise
+    budget = run_launch(tmp_path, *command, "--set", "time_budget=1s")
+    assert budget.returncode == 3, budget.stdout[-3000:] + budget.stderr[-3000:]
+    assert "time budget reached" in budget.stdout and "--set time_budget=1s" in budget.stdout
+    assert not sweep_state.read_state(sweep_dir).finished
+    before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
+    done = run_launch(tmp_path, *command)
+    assert done.returncode == 0 and "sweep finished: 4 trials" in done.stdout, done.stdout[-3000:]
+    assert_complete(tmp_path, epochs=6)
+    for trial_dir in trial_dirs(sweep_dir):
+        after = iterations(trial_dir)[len(before.get(trial_dir.name, [])):]
+        if before.get(trial_dir.name) and after:        # continued from its checkpoint, not from 1
+            assert after[0] > 1, (trial_dir.name, before[trial_dir.name], after)
 
 
 def test_changed_spec_is_refused_before_ray(tmp_path, capsys):
