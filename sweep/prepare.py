@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trainable.config import Config, DataConfig, apply_overrides
-from trainable.datasets import DataError, load_raw
+from trainable.datasets import load_raw
 
 MEASURED_STEPS = 2              # timed after one warm-up step
 CPU_SIZED_WIDTH = 0.25
@@ -53,7 +53,7 @@ def _format_duration(seconds: float) -> str:
         return f"{seconds:.0f} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 3600:.1f} h" if seconds < 36000 else f"{seconds / 3600:.0f} h"
 
 
 def _measure(cfg: Config, images: np.ndarray) -> tuple[float, float]:
