@@ -41,8 +41,8 @@ def test_film_and_projection_at_initialization_are_the_unconditioned_nets():
 def test_condition_vector_layout():
     c = condition_vector(fixed_targets({"saturation": 0.7, "hue": 0.25, "red": None}, 2))
     assert c.shape == (2, CONDITION_SIZE)
-    # saturation (0.7, 1), value absent, hue (cos, sin, 1) of a quarter turn, red absent
-    assert torch.allclose(c[0, :7], torch.tensor([0.7, 1, 0, 0, 0, 1, 1.0]), atol=1e-6)
+    # saturation (2·0.7 − 1, 1), value absent, hue (cos, sin, 1) of a quarter turn, red absent
+    assert torch.allclose(c[0, :7], torch.tensor([0.4, 1, 0, 0, 0, 1, 1.0]), atol=1e-6)
     assert c[:, 7:].abs().sum() == 0
 
 

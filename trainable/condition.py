@@ -1,8 +1,8 @@
 """Per-image targets of a conditioned generator: the condition vector, drawing targets, the loss.
 
 The condition vector c has a fixed layout over CONTROL_NAMES, whatever a model is conditioned on:
-per statistic its target (hue as cos and sin of the angle, so 0.99 and 0.01 turns are neighbours)
-and a presence bit; an absent statistic is all zeros and left free to the generator.
+per statistic its target (as 2σ − 1, centred like the hue's cos and sin of the angle, so 0.99 and
+0.01 turns are neighbours) and a presence bit; an absent statistic is all zeros, left free.
 
 While training, each image gets targets drawn on the device from uniforms drawn per epoch on the
 host (`condition_noise`), so the step never waits for the host and a resumed run draws the same:
@@ -53,7 +53,7 @@ def condition_vector(targets: Targets) -> torch.Tensor:
             angle = value * (2 * math.pi)
             parts.append(torch.stack([torch.cos(angle) * present, torch.sin(angle) * present, present], 1))
         else:
-            parts.append(torch.stack([value * present, present], 1))
+            parts.append(torch.stack([(2 * value - 1) * present, present], 1))
     return torch.cat(parts, 1)
 
 

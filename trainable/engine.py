@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from trainable.color import lab_normalized_to_rgb, lab_normalized_to_uint8
+from trainable.condition import Conditioning, condition_vector, conditioned_metrics, faithful_condition
 from trainable.config import Config, flatten, from_dict, to_dict
 from trainable.data import ColorData, load_data
 from trainable.losses import discriminator_loss, generator_loss
@@ -38,7 +39,7 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
 
 def metric_names(cfg: Config) -> list[str]:
     """Every metric name `Trainer.evaluate` reports for this config."""
-    return _metric_names(cfg.loss.controlled())
+    return _metric_names(cfg.loss.controlled(), tuple(cfg.loss.conditioned()))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,7 +108,8 @@ class Trainer:
         self.schedule = LrSchedule(cfg.optim)
         self.autocast_dtype = resolve_precision(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
-        self.rng = torch.Generator().manual_seed(cfg.train.seed)   # data order and flips
+        self.rng = torch.Generator().manual_seed(cfg.train.seed)   # data order, flips, condition draws
+        self.conditioning = Conditioning(cfg.loss, self.device) if cfg.loss.conditioned() else None
         self.epoch = 0
         self.step = 0
 
@@ -122,14 +124,19 @@ class Trainer:
         for group in self.opt_d.param_groups:
             group["lr"] = self.cfg.optim.lr_discriminator * factor
 
-    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One D update then one G update on a normalized-Lab batch; returns detached losses."""
+    def train_step(self, batch: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One D update then one G update on a normalized-Lab batch; returns detached losses.
+        A conditioned trainer draws its per-image targets from `noise` (B, noise_width) uniforms."""
         batch = batch.contiguous(memory_format=self.memory_format)   # no copy for load_data's batches
         gray, real_ab = batch[:, :1], batch[:, 1:]
+        condition = real_condition = targets = None
+        if self.conditioning is not None:    # D sees reals with their own statistics, fakes with the asked
+            targets, own = self.conditioning.draw(batch, noise)
+            condition, real_condition = condition_vector(targets), condition_vector(own)
         with self._autocast():
-            fake_ab = self.generator(gray)
-            real_logits = self.discriminator(torch.cat([gray, real_ab], 1))
-            fake_logits = self.discriminator(torch.cat([gray, fake_ab.detach()], 1))
+            fake_ab = self.generator(gray, condition)
+            real_logits = self.discriminator(torch.cat([gray, real_ab], 1), real_condition)
+            fake_logits = self.discriminator(torch.cat([gray, fake_ab.detach()], 1), condition)
         d_losses = discriminator_loss(full_precision(real_logits), full_precision(fake_logits),
                                       self.cfg.loss.real_label)
         self.opt_d.zero_grad(set_to_none=True)
@@ -138,10 +145,13 @@ class Trainer:
 
         self.discriminator.requires_grad_(False)      # G's update needs no D parameter grads
         with self._autocast():
-            fake_logits = self.discriminator(torch.cat([gray, fake_ab], 1))
+            fake_logits = self.discriminator(torch.cat([gray, fake_ab], 1), condition)
         fake_ab = full_precision(fake_ab)
-        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 1)) if self.cfg.loss.controlled() else None
-        g_losses = generator_loss(full_precision(fake_logits), fake_ab, real_ab, fake_rgb, self.cfg.loss)
+        needs_rgb = self.cfg.loss.controlled() or targets is not None
+        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 1)) if needs_rgb else None
+        conditioned = None if targets is None else self.conditioning.generator_terms(
+            fake_rgb, fake_ab, real_ab, targets, l1_everywhere=False)
+        g_losses = generator_loss(full_precision(fake_logits), fake_ab, real_ab, fake_rgb, self.cfg.loss, conditioned)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_losses["loss_g"]).backward()
         self.scaler.step(self.opt_g)
@@ -157,12 +167,17 @@ class Trainer:
         return losses
 
     @torch.no_grad()
-    def colorize(self, gray: torch.Tensor) -> torch.Tensor:
-        """Normalized L (N,1,H,W) → normalized Lab (N,3,H,W), generator in eval mode, in fp32 whatever
-        the training precision: the metrics then describe what the exported generator gives."""
+    def colorize(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalized L (N,1,H,W) [and c] → normalized Lab (N,3,H,W), generator in eval mode, in fp32
+        whatever the training precision: the metrics then describe what the exported generator gives."""
         self.generator.eval()
         gray = gray.to(self.device).contiguous(memory_format=self.memory_format)
-        return torch.cat([gray, self.generator(gray)], 1)
+        condition = condition.to(self.device) if condition is not None else None
+        return torch.cat([gray, self.generator(gray, condition)], 1)
+
+    def _faithful(self, real: torch.Tensor) -> torch.Tensor | None:
+        """A conditioned generator's c for each image's own statistics; None when unconditioned."""
+        return None if self.conditioning is None else faithful_condition(real, self.conditioning.names)
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor | None = None) -> dict[str, float]:
@@ -171,14 +186,19 @@ class Trainer:
         accumulator = MetricAccumulator(self.cfg.loss.controlled())
         for start in range(0, len(images), self.cfg.train.eval_batch_size):
             real = images[start:start + self.cfg.train.eval_batch_size].to(self.device)
-            fake = self.colorize(real[:, :1])
+            fake = self.colorize(real[:, :1], self._faithful(real))   # conditioned: the faithful mode
             accumulator.update(fake, real, lab_normalized_to_rgb(fake), lab_normalized_to_rgb(real))
-        return accumulator.finalize()
+        out = accumulator.finalize()
+        if self.conditioning is not None:
+            fixed = {name: out[f"val_control_error_{name}"] for name in self.cfg.loss.controlled()}
+            out.update(conditioned_metrics(self.colorize, images.to(self.device), self.cfg.loss,
+                                           self.cfg.train.eval_batch_size, fixed))
+        return out
 
     def sample_grid(self, count: int = 8, images: torch.Tensor | None = None) -> np.ndarray:
         """uint8 HWC grid of the first `count` validation images: rows gray / ours / real."""
         real = (self.data.val if images is None else images)[:count].to(self.device)
-        fake = self.colorize(real[:, :1])
+        fake = self.colorize(real[:, :1], self._faithful(real))
         gray = torch.cat([real[:, :1], torch.zeros_like(real[:, 1:])], 1)
         rows = [torch.cat(list(x.float()), dim=2) for x in (gray, fake, real)]
         grid = torch.cat(rows, dim=1)                                             # (3, 3H, count·W) Lab

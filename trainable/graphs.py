@@ -27,11 +27,12 @@ def _state_tensors(pack: PackedTrainer) -> list[torch.Tensor]:
     return tensors
 
 
-def warm_up(pack: PackedTrainer, batch: torch.Tensor, lr_factor: torch.Tensor, steps: int = WARMUP_STEPS) -> None:
+def warm_up(pack: PackedTrainer, batch: torch.Tensor, lr_factor: torch.Tensor, noise: torch.Tensor | None = None,
+            steps: int = WARMUP_STEPS) -> None:
     """Run `steps` real packed steps (capture needs them first), then put every state tensor back."""
     snapshot = [t.detach().clone() for t in _state_tensors(pack)]
     for _ in range(steps):
-        PackedTrainer.step(pack, batch, lr_factor)
+        PackedTrainer.step(pack, batch, lr_factor, noise)
     with torch.no_grad():
         for tensor, saved in zip(_state_tensors(pack), snapshot):
             tensor.copy_(saved)
@@ -46,21 +47,24 @@ class GraphedTrainer(PackedTrainer):
         super().__init__(trainers)
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def _capture(self, batch: torch.Tensor, lr_factor: torch.Tensor) -> None:
+    def _capture(self, batch: torch.Tensor, lr_factor: torch.Tensor, noise: torch.Tensor | None) -> None:
         self.static_batch, self.static_lr = batch.clone(), lr_factor.clone()
+        self.static_noise = None if noise is None else noise.clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            warm_up(self, self.static_batch, self.static_lr)
+            warm_up(self, self.static_batch, self.static_lr, self.static_noise)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_losses = PackedTrainer.step(self, self.static_batch, self.static_lr)
+            self.static_losses = PackedTrainer.step(self, self.static_batch, self.static_lr, self.static_noise)
 
-    def step(self, batch: torch.Tensor, lr_factor: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, batch: torch.Tensor, lr_factor: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.graph is None:
-            self._capture(batch, lr_factor)
+            self._capture(batch, lr_factor, noise)
         self.static_batch.copy_(batch, non_blocking=True)
         self.static_lr.copy_(lr_factor, non_blocking=True)
+        if noise is not None:
+            self.static_noise.copy_(noise, non_blocking=True)
         self.graph.replay()
         return {key: value.clone() for key, value in self.static_losses.items()}

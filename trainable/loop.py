@@ -55,10 +55,12 @@ def train_epoch(group: StepGroup | Trainer, progress: StepProgress | None = None
         trainer.generator.train()
         trainer.discriminator.train()
     order, flips = group.plan_epoch()
+    noise = group.plan_conditions(len(order))
     lr_table = group.lr_factors(len(order))
     sums: dict[str, torch.Tensor] = {}
     for i in range(len(order)):
-        for key, value in group.step(group.next_batch(order[i], flips[i]), lr_table[i]).items():
+        step_noise = None if noise is None else noise[i]
+        for key, value in group.step(group.next_batch(order[i], flips[i]), lr_table[i], step_noise).items():
             sums[key] = sums[key] + value if key in sums else value
         if progress is not None:
             progress(i + 1, len(order))

@@ -44,16 +44,22 @@ def control_loss(fake_rgb: torch.Tensor, controls: Mapping[str, ControlConfig]) 
 
 
 def generator_loss(fake_logits: torch.Tensor, fake_ab: torch.Tensor, real_ab: torch.Tensor,
-                   fake_rgb: torch.Tensor | None, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
+                   fake_rgb: torch.Tensor | None, loss_cfg: LossConfig,
+                   conditioned: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """adversarial_weight·non-saturating BCE + l1_weight·mean|fake_ab − real_ab| + the control terms
     (the fixed-target ones unless loss.control_on leaves them to D).
 
     fake_ab and real_ab are normalized ab; fake_rgb is the generated Lab image converted to RGB,
-    which only the control terms need (None is accepted when nothing is controlled).
+    which only the control terms need (None is accepted when nothing is controlled). A conditioned
+    generator's terms (trainable.condition.Conditioning.generator_terms) bring their own L1, which
+    replaces the plain one, and a per-image control loss, which is added.
     """
     adversarial = _bce_to(fake_logits, 1.0)
-    l1 = (fake_ab - real_ab).abs().mean()
+    l1 = (fake_ab - real_ab).abs().mean() if conditioned is None else conditioned["loss_l1"]
     controlled = loss_cfg.generator_controls()
     controls = control_loss(fake_rgb, controlled) if controlled else {"loss_control": l1.new_zeros(())}
+    if conditioned is not None:
+        controls = {**controls, **{k: v for k, v in conditioned.items() if k.startswith("control_")},
+                    "loss_control": controls["loss_control"] + conditioned["loss_control"]}
     total = loss_cfg.adversarial_weight * adversarial + loss_cfg.l1_weight * l1 + controls["loss_control"]
     return {"loss_g": total, "loss_g_adv": adversarial, "loss_l1": l1, **controls}

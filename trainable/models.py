@@ -27,7 +27,7 @@ KERNEL = 4
 LEAKY_SLOPE = 0.2
 BASE_WIDTH = 64
 MAX_WIDTH = 512
-FILM_HIDDEN = 64
+FILM_HIDDEN = 128
 
 
 def scaled(channels: int, width: float) -> int:
@@ -86,6 +86,10 @@ class Film(nn.Module):
         with torch.random.fork_rng(devices=[]):    # the other weights stay those of the same seed
             self.body = nn.Sequential(nn.Linear(CONDITION_SIZE, FILM_HIDDEN), nn.ReLU(),
                                       nn.Linear(FILM_HIDDEN, 2 * sum(channels)))
+            # He init: hidden features that vary with c as much as ReLU allows, so the zero last
+            # layer learns a dependence on c in the few hundred steps of a short run
+            nn.init.kaiming_normal_(self.body[0].weight, nonlinearity="relu")
+        nn.init.zeros_(self.body[0].bias)
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 

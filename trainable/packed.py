@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from trainable.color import lab_normalized_to_rgb
+from trainable.condition import condition_vector
 from trainable.config import Config, flatten, to_dict
 from trainable.engine import Trainer, full_precision
 from trainable.losses import discriminator_loss, generator_loss
@@ -79,7 +80,9 @@ def optimizer_states(trainer_optimizer: torch.optim.Adam) -> list[dict]:
 def pack_signature(cfg: Config) -> tuple[tuple[str, str], ...]:
     """The config values trials must share to step in one pack (SHARED_KEYS), comparable and hashable."""
     flat = flatten(to_dict(cfg))
-    return tuple((key, repr(flat[key])) for key in sorted(flat) if key.startswith(SHARED_KEYS))
+    shared = tuple((key, repr(flat[key])) for key in sorted(flat) if key.startswith(SHARED_KEYS))
+    # ranges and λ may differ per trial, the conditioned statistics (the inputs of G) may not
+    return shared + (("loss.<statistic>.range set for", repr(tuple(cfg.loss.conditioned()))),)
 
 
 def check_packable(trainers: list[Trainer]) -> None:
@@ -146,26 +149,38 @@ class PackedTrainer(StepGroup):
             return params
         return {n: p if n in norms else p.to(self.autocast_dtype) for n, p in params.items()}
 
-    def _call(self, base, params, buffers, x: torch.Tensor) -> torch.Tensor:
+    def _call(self, base, params, buffers, x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         if self.autocast_dtype is not None:
             x = x.to(self.autocast_dtype)
-        call = lambda p, b, x: functional_call(base, (p, b), (x,))  # noqa: E731
-        return vmap(call)(params, buffers, x)
+        if condition is None:
+            return vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))(params, buffers, x)
+        return vmap(lambda p, b, x, c: functional_call(base, (p, b), (x, c)))(params, buffers, x, condition)
 
-    def _g(self, gray: torch.Tensor) -> torch.Tensor:
-        return self._call(self.g_base, self._lowered(self.g_params, self.g_norms), self.g_buffers, gray)
+    def _g(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        return self._call(self.g_base, self._lowered(self.g_params, self.g_norms), self.g_buffers, gray, condition)
 
-    def _d(self, pairs: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def _d(self, pairs: torch.Tensor, params: dict[str, torch.Tensor] | None = None,
+           condition: torch.Tensor | None = None) -> torch.Tensor:
         params = params if params is not None else self._lowered(self.d_params, self.d_norms)
-        return self._call(self.d_base, params, self.d_buffers, pairs)
+        return self._call(self.d_base, params, self.d_buffers, pairs, condition)
 
-    def step(self, batch: torch.Tensor, lr_factor: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One D then G update of every trial; batch is (K, B, 3, H, W). Returns (K,) losses."""
+    def _targets(self, batch: torch.Tensor, noise: torch.Tensor | None) -> tuple[list, torch.Tensor | None, torch.Tensor | None]:
+        """Each trial's drawn targets and the stacked (K, B, C) conditions of fakes and reals."""
+        if noise is None:
+            return [None] * len(self.trainers), None, None
+        drawn = [t.conditioning.draw(batch[k], noise[k]) for k, t in enumerate(self.trainers)]
+        return ([targets for targets, _ in drawn], torch.stack([condition_vector(t) for t, _ in drawn]),
+                torch.stack([condition_vector(own) for _, own in drawn]))
+
+    def step(self, batch: torch.Tensor, lr_factor: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One D then G update of every trial; batch is (K, B, 3, H, W), noise (K, B, W) or None.
+        Returns (K,) losses."""
         gray, real_ab = batch[:, :, :1], batch[:, :, 1:]
-        fake_ab = self._g(gray)
+        targets, condition, real_condition = self._targets(batch, noise)
+        fake_ab = self._g(gray, condition)
         d_weights = self._lowered(self.d_params, self.d_norms)        # cast once for both calls
-        real_logits = self._d(torch.cat([gray, real_ab], 2), d_weights)
-        fake_logits = self._d(torch.cat([gray, fake_ab.detach()], 2), d_weights)
+        real_logits = self._d(torch.cat([gray, real_ab], 2), d_weights, real_condition)
+        fake_logits = self._d(torch.cat([gray, fake_ab.detach()], 2), d_weights, condition)
         d_losses = [discriminator_loss(full_precision(real_logits[k]), full_precision(fake_logits[k]),
                                        t.cfg.loss.real_label)
                     for k, t in enumerate(self.trainers)]
@@ -174,13 +189,15 @@ class PackedTrainer(StepGroup):
         self.opt_d.update(dict(zip(self.d_params, d_grads)), self.base_lr_d * lr_factor)
 
         fake_ab = full_precision(fake_ab)
-        fake_logits = self._d(torch.cat([gray, fake_ab], 2))
+        fake_logits = self._d(torch.cat([gray, fake_ab], 2), condition=condition)
         fake_rgb = [None] * len(self.trainers)              # only control terms need RGB
-        if any(t.cfg.loss.controlled() for t in self.trainers):
+        if condition is not None or any(t.cfg.loss.controlled() for t in self.trainers):
             rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 2).flatten(0, 1))
             fake_rgb = rgb.view(fake_ab.shape[0], -1, *rgb.shape[1:])
+        conditioned = [None if targets[k] is None else t.conditioning.generator_terms(
+            fake_rgb[k], fake_ab[k], real_ab[k], targets[k], l1_everywhere=False) for k, t in enumerate(self.trainers)]
         g_losses = [generator_loss(full_precision(fake_logits[k]), fake_ab[k], real_ab[k], fake_rgb[k],
-                                   t.cfg.loss) for k, t in enumerate(self.trainers)]
+                                   t.cfg.loss, conditioned[k]) for k, t in enumerate(self.trainers)]
         loss_g = torch.stack([g["loss_g"] for g in g_losses])
         g_grads = torch.autograd.grad(loss_g.sum(), list(self.g_params.values()))
         self.opt_g.update(dict(zip(self.g_params, g_grads)), self.base_lr_g * lr_factor)

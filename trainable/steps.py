@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from trainable.condition import condition_noise
 from trainable.data import apply_flip, epoch_plan
 from trainable.engine import Trainer
 
@@ -24,9 +25,10 @@ class StepGroup:
         lead = trainers[0]
         self.device, self.data, self.memory_format = lead.device, lead.data, lead.memory_format
 
-    def step(self, batch: torch.Tensor, lr_factor) -> dict[str, torch.Tensor]:
-        """One D then G update of every trainer; batch is (K, B, 3, H, W). Returns (K,) losses,
-        NaN where a trainer has no such loss (control_<p> of a statistic it does not control)."""
+    def step(self, batch: torch.Tensor, lr_factor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One D then G update of every trainer; batch is (K, B, 3, H, W), noise (K, B, W) the
+        condition draws of conditioned trainers (plan_conditions). Returns (K,) losses, NaN where a
+        trainer has no such loss (control_<p> of a statistic it does not control)."""
         raise NotImplementedError
 
     def sync(self) -> list[Trainer]:
@@ -50,6 +52,13 @@ class StepGroup:
             orders.append(order)
             flips.append(flip if flip is not None else torch.zeros_like(order, dtype=torch.bool))
         return torch.stack(orders, 1).to(self.device), torch.stack(flips, 1).to(self.device)
+
+    def plan_conditions(self, steps: int) -> torch.Tensor | None:
+        """(steps, K, B, W) uniforms for conditioned trainers' per-image targets, drawn after
+        plan_epoch from each trainer's own generator and moved to the device once; None when
+        unconditioned (pack trials are all conditioned on the same statistics, or none)."""
+        draws = [condition_noise(steps, t.cfg.train.batch_size, t.cfg.loss, t.rng) for t in self.trainers]
+        return None if draws[0] is None else torch.stack(draws, 1).to(self.device)
 
     def next_batch(self, order: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """(K, B) indices and flips of one step → the (K, B, 3, H, W) batch."""
@@ -88,7 +97,8 @@ class EagerStep(StepGroup):
     def lr_factors(self, steps: int = 1) -> list[list[float]]:
         return self.lr_table(steps)          # host floats: setting an optimizer's lr reads them there
 
-    def step(self, batch: torch.Tensor, lr_factor) -> dict[str, torch.Tensor]:
+    def step(self, batch: torch.Tensor, lr_factor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         trainer = self.trainers[0]
         trainer.set_lr(lr_factor[0])
-        return {key: value.unsqueeze(0) for key, value in trainer.train_step(batch[0]).items()}
+        losses = trainer.train_step(batch[0], None if noise is None else noise[0])
+        return {key: value.unsqueeze(0) for key, value in losses.items()}
