@@ -65,11 +65,16 @@ def _new_run(client: MlflowClient, name: str, generator: Path) -> str:
 def register(generator: str | Path, name: str, tracking_uri: str | None = None,
              run_id: str | None = None) -> tuple[str, str]:
     """Log `generator` as a pyfunc model under `ARTIFACT` of `run_id` (a new run when None) and
-    register it as a new version of `name` → (version, models:/ URI)."""
+    register it as a new version of `name` → (version, models:/ URI). A run that already has a
+    version of `name` keeps it: a rerun of a finished final run registers nothing twice."""
     generator = Path(generator)
     if not generator.is_file():
         raise ModelError(f"{generator}: not a file; register takes an exported generator.pt")
     client = MlflowClient(tracking_uri)
+    if run_id:
+        done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if done:
+            return str(done[0].version), f"models:/{name}/{done[0].version}"
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp) / ARTIFACT
         info = save_pyfunc(generator, folder)
