@@ -89,7 +89,8 @@ def _trial_seconds(cfg: Config, images: np.ndarray) -> tuple[float, float, int, 
 
 
 def cpu_estimate(spec, images: np.ndarray, cpus: float) -> str:
-    """One line: no GPU, the sweep's projected length from measured steps, and a CPU-sized sweep."""
+    """The rest of the launcher's 'no GPU: ' line: the sweep's length projected from steps measured
+    now, and a CPU-sized sweep."""
     from sweep.space import probe_config
     probe = probe_config(spec.config, spec.space)
     threads = probe.train.threads or max(1, math.floor(cpus / spec.max_concurrent))   # as a trial gets
@@ -98,7 +99,7 @@ def cpu_estimate(spec, images: np.ndarray, cpus: float) -> str:
     trial_s, step_s, steps, train_count = _trial_seconds(cfg, images)
     total_s = trial_s * spec.num_samples / parallel
     bound = "up to " if spec.scheduler == "asha" else ""
-    line = (f"no GPU: training this sweep takes {bound}{_format_duration(total_s)} on {cpus:g} CPUs "
+    line = (f"training this sweep takes {bound}{_format_duration(total_s)} on {cpus:g} CPUs "
             f"({spec.num_samples} trials x {cfg.train.epochs} epochs x {steps} steps, "
             f"{step_s:.2f} s per batch of {cfg.train.batch_size} at width {cfg.model.width:g}, measured now)")
     if spec.time_budget_s is not None and spec.time_budget_s < total_s:
