@@ -100,3 +100,18 @@ def test_training_views_follow_the_switches(lab, l1_target, control_on, fraction
     assert torch.equal(batch[:replaced], adjusted[:replaced]) and torch.equal(batch[replaced:], lab[replaced:])
     assert torch.equal(l1_ab, adjusted[:, 1:] if l1_target == "adjusted" else batch[:, 1:])
     assert torch.equal(real_ab, adjusted[:, 1:] if control_on != "generator" else batch[:, 1:])
+
+
+@pytest.mark.parametrize("l1_target, control_on", [("original", "generator"), ("adjusted", "discriminator")])
+def test_a_training_step_pulls_toward_the_adjusted_images(l1_target, control_on):
+    """A new generator outputs ab = 0, so the first step's L1 is the mean |ab| of what it is pulled to."""
+    from tests.helpers import tiny_config
+    from trainable.engine import Trainer
+    cfg = tiny_config("loss.saturation.weight=10", "loss.saturation.target=0.9", "train.precision=fp32",
+                      f"loss.l1_target={l1_target}", f"loss.control_on={control_on}")
+    trainer = Trainer(cfg)
+    batch = trainer.data.train[:8]
+    losses = trainer.scheduled_step(batch)
+    pulled_to = adjust_to_targets(batch, {"saturation": 0.9}) if l1_target == "adjusted" else batch
+    assert float(losses["loss_l1"]) == pytest.approx(float(pulled_to[:, 1:].abs().mean()), rel=1e-4)
+    assert (float(losses["loss_control"]) == 0.0) == (control_on == "discriminator")

@@ -166,3 +166,24 @@ def test_trials_just_evaluated_pack_with_trials_just_joined():
     pack = PackedTrainer([reported, joined])
     train_epoch(pack)
     assert pack.g_base.training and pack.d_base.training
+
+
+ADJUSTED_TRIALS = [("loss.saturation.weight=20", "loss.saturation.target=0.7", "loss.l1_target=adjusted"),
+                   ("loss.saturation.weight=5", "loss.saturation.target=0.2", "loss.control_on=both",
+                    "loss.l1_target=adjusted", "train.seed=2"),
+                   ("loss.saturation.weight=10", "loss.saturation.target=0.5", "loss.control_on=discriminator",
+                    "loss.adversarial_weight=0.5", "train.seed=3")]
+
+
+@pytest.mark.slow
+def test_packed_steps_with_adjusted_views_equal_plain_steps_in_float64(float64):
+    """Issue 12's switches (adjusted L1, adjusted reals on D, adversarial weight) in the vmapped step."""
+    plain, data = _trainers(trials=ADJUSTED_TRIALS)
+    packed, _ = _trainers(data, trials=ADJUSTED_TRIALS)
+    history = _step_both(plain, PackedTrainer(packed), 4)
+    for plain_losses, packed_losses in history:
+        for k, losses in enumerate(plain_losses):
+            for key, value in losses.items():
+                assert float(value) == pytest.approx(float(packed_losses[key][k]), rel=1e-9, abs=1e-12), key
+    for a, b in zip(plain, packed):
+        assert _relative(_flat(a.generator), _flat(b.generator)) < 1e-7

@@ -248,6 +248,11 @@ def batch_targets(loss_cfg: LossConfig, requested: Targets | None = None,
     return {name: control.target for name, control in loss_cfg.controlled().items()}
 
 
+def uses_adjusted(cfg: Config) -> bool:
+    """Whether any of issue 12's switches asks for adjusted images."""
+    return cfg.loss.l1_target == "adjusted" or cfg.loss.control_on != "generator" or cfg.data.adjust_fraction > 0
+
+
 def training_views(batch: torch.Tensor, cfg: Config,
                    targets: Mapping[str, torch.Tensor | float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the batch to train on, the ab the L1 term pulls toward, the ab D is shown as real).
@@ -256,8 +261,7 @@ def training_views(batch: torch.Tensor, cfg: Config,
     random share of each epoch) by their adjusted versions; loss.l1_target=adjusted and
     loss.control_on=discriminator|both use the adjusted ab. Without targets nothing changes."""
     loss_cfg, fraction = cfg.loss, cfg.data.adjust_fraction
-    wanted = loss_cfg.l1_target == "adjusted" or loss_cfg.control_on != "generator" or fraction > 0
-    if not wanted or not targets:
+    if not uses_adjusted(cfg) or not targets:
         return batch, batch[:, 1:], batch[:, 1:]
     adjusted = adjust_to_targets(batch.float(), targets).to(batch.dtype)
     replaced = round(fraction * batch.shape[0])

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import torch
 
+from trainable.adjust import batch_targets, training_views
 from trainable.color import lab_normalized_to_rgb, lab_normalized_to_uint8
 from trainable.condition import Conditioning, condition_vector, conditioned_metrics, faithful_condition
 from trainable.config import Config, flatten, from_dict, to_dict
@@ -129,10 +130,14 @@ class Trainer:
         A conditioned trainer draws its per-image targets from `noise` (B, noise_width) uniforms."""
         batch = batch.contiguous(memory_format=self.memory_format)   # no copy for load_data's batches
         gray, real_ab = batch[:, :1], batch[:, 1:]
-        condition = real_condition = targets = None
+        condition = real_condition = targets = own = None
         if self.conditioning is not None:    # D sees reals with their own statistics, fakes with the asked
             targets, own = self.conditioning.draw(batch, noise)
             condition, real_condition = condition_vector(targets), condition_vector(own)
+        # issue 12: adjusted images in the batch, as the L1 target and/or as D's reals (then with the asked c)
+        batch, l1_ab, real_ab = training_views(batch, self.cfg, batch_targets(self.cfg.loss, targets, own))
+        if targets is not None and self.cfg.loss.control_on != "generator":
+            real_condition = condition
         with self._autocast():
             fake_ab = self.generator(gray, condition)
             real_logits = self.discriminator(torch.cat([gray, real_ab], 1), real_condition)
@@ -150,8 +155,8 @@ class Trainer:
         needs_rgb = self.cfg.loss.controlled() or targets is not None
         fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 1)) if needs_rgb else None
         conditioned = None if targets is None else self.conditioning.generator_terms(
-            fake_rgb, fake_ab, real_ab, targets, l1_everywhere=False)
-        g_losses = generator_loss(full_precision(fake_logits), fake_ab, real_ab, fake_rgb, self.cfg.loss, conditioned)
+            fake_rgb, fake_ab, l1_ab, targets, l1_everywhere=self.cfg.loss.l1_target == "adjusted")
+        g_losses = generator_loss(full_precision(fake_logits), fake_ab, l1_ab, fake_rgb, self.cfg.loss, conditioned)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_losses["loss_g"]).backward()
         self.scaler.step(self.opt_g)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from trainable.adjust import batch_targets, training_views, uses_adjusted
 from trainable.color import lab_normalized_to_rgb
 from trainable.condition import condition_vector
 from trainable.config import Config, flatten, to_dict
@@ -165,18 +166,30 @@ class PackedTrainer(StepGroup):
         return self._call(self.d_base, params, self.d_buffers, pairs, condition)
 
     def _targets(self, batch: torch.Tensor, noise: torch.Tensor | None) -> tuple[list, torch.Tensor | None, torch.Tensor | None]:
-        """Each trial's drawn targets and the stacked (K, B, C) conditions of fakes and reals."""
+        """Each trial's drawn (targets, own statistics) and the stacked (K, B, C) conditions of fakes
+        and reals (reals with the asked c where D is shown them adjusted to it: loss.control_on)."""
         if noise is None:
-            return [None] * len(self.trainers), None, None
+            return [(None, None)] * len(self.trainers), None, None
         drawn = [t.conditioning.draw(batch[k], noise[k]) for k, t in enumerate(self.trainers)]
-        return ([targets for targets, _ in drawn], torch.stack([condition_vector(t) for t, _ in drawn]),
-                torch.stack([condition_vector(own) for _, own in drawn]))
+        reals = [targets if t.cfg.loss.control_on != "generator" else own for (targets, own), t in zip(drawn, self.trainers)]
+        return (drawn, torch.stack([condition_vector(t) for t, _ in drawn]),
+                torch.stack([condition_vector(real) for real in reals]))
+
+    def _views(self, batch: torch.Tensor, drawn: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the ab each trial's L1 pulls toward, the ab its D sees as real), (K, B, 2, H, W): the
+        batch's own, or adjusted to the trial's targets (issue 12, trainable.adjust.training_views)."""
+        if not any(uses_adjusted(t.cfg) for t in self.trainers):
+            return batch[:, :, 1:], batch[:, :, 1:]
+        views = [training_views(batch[k], t.cfg, batch_targets(t.cfg.loss, *drawn[k])) for k, t in enumerate(self.trainers)]
+        return torch.stack([view[1] for view in views]), torch.stack([view[2] for view in views])
 
     def step(self, batch: torch.Tensor, lr_factor: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One D then G update of every trial; batch is (K, B, 3, H, W), noise (K, B, W) or None.
         Returns (K,) losses."""
-        gray, real_ab = batch[:, :, :1], batch[:, :, 1:]
-        targets, condition, real_condition = self._targets(batch, noise)
+        gray = batch[:, :, :1]
+        drawn, condition, real_condition = self._targets(batch, noise)
+        targets = [t for t, _ in drawn]
+        l1_ab, real_ab = self._views(batch, drawn)
         fake_ab = self._g(gray, condition)
         d_weights = self._lowered(self.d_params, self.d_norms)        # cast once for both calls
         real_logits = self._d(torch.cat([gray, real_ab], 2), d_weights, real_condition)
@@ -195,8 +208,9 @@ class PackedTrainer(StepGroup):
             rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 2).flatten(0, 1))
             fake_rgb = rgb.view(fake_ab.shape[0], -1, *rgb.shape[1:])
         conditioned = [None if targets[k] is None else t.conditioning.generator_terms(
-            fake_rgb[k], fake_ab[k], real_ab[k], targets[k], l1_everywhere=False) for k, t in enumerate(self.trainers)]
-        g_losses = [generator_loss(full_precision(fake_logits[k]), fake_ab[k], real_ab[k], fake_rgb[k],
+            fake_rgb[k], fake_ab[k], l1_ab[k], targets[k], l1_everywhere=t.cfg.loss.l1_target == "adjusted")
+            for k, t in enumerate(self.trainers)]
+        g_losses = [generator_loss(full_precision(fake_logits[k]), fake_ab[k], l1_ab[k], fake_rgb[k],
                                    t.cfg.loss, conditioned[k]) for k, t in enumerate(self.trainers)]
         loss_g = torch.stack([g["loss_g"] for g in g_losses])
         g_grads = torch.autograd.grad(loss_g.sum(), list(self.g_params.values()))
