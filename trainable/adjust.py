@@ -52,10 +52,10 @@ def _linear_rgb(lab: torch.Tensor) -> torch.Tensor:
 
 def _linear_rgb_from(fy: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N,3,H,W) linear RGB from f(Y) = (L + 16)/116 and normalized a, b, each (N,1,H,W)."""
+    # D65 white (0.95047, 1, 1.08883) folded in as Python floats: no host-to-device copy in a CUDA graph
     fxyz = torch.cat([fy + a * (AB_SCALE / 500.0), fy, (fy - b * (AB_SCALE / 200.0)).clamp(min=0.0)], 1)
     xyz = torch.where(fxyz > 0.2068966, fxyz * fxyz * fxyz, (fxyz - 4.0 / 29.0) / 7.787)
-    white = torch.tensor([0.95047, 1.0, 1.08883], device=fy.device, dtype=fy.dtype).view(1, 3, 1, 1)
-    return kornia.color.xyz_to_rgb(xyz * white)
+    return kornia.color.xyz_to_rgb(torch.cat([xyz[:, :1] * 0.95047, xyz[:, 1:2], xyz[:, 2:] * 1.08883], 1))
 
 
 def _inside(rgb: torch.Tensor) -> torch.Tensor:
@@ -103,8 +103,9 @@ def project_to_gamut(lab: torch.Tensor) -> torch.Tensor:
 
 def _per_image(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     """A target as an (N,) tensor on the images' device."""
-    target = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    return target.expand(like.shape[0]) if target.dim() == 0 else target
+    if isinstance(value, torch.Tensor):
+        return value.to(like.dtype)
+    return torch.full((like.shape[0],), float(value), dtype=like.dtype, device=like.device)
 
 
 def _statistic(lab: torch.Tensor, name: str) -> torch.Tensor:
