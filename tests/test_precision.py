@@ -60,6 +60,7 @@ def test_packed_bf16_convolutions_run_in_bf16():
     assert pack.g_params[next(iter(pack.g_params))].dtype == torch.float32      # fp32 master weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_packed_step_never_reads_device_values_on_the_host(precision):
     """What a CUDA graph needs: no .item(), no data-dependent shape anywhere in the D+G step, with

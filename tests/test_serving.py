@@ -81,6 +81,7 @@ def test_bad_input_is_one_clear_invalid_parameter_error(models, tmp_path, kind, 
     assert all(w in caught.value.message for w in words), caught.value.message
 
 
+@pytest.mark.slow
 def test_register_adds_a_version_each_time_and_the_page_opens_it(models, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)                       # MLflow's default artifact root is ./mlruns
     exported, _ = models
