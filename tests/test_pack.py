@@ -86,11 +86,11 @@ def test_pack_server_keeps_a_late_live_trial_and_drops_a_dead_one():
             assert ray.get(server.join.remote(name, config, None, trial)) == 0
         ray.get(server.advance.remote("a"))                 # b never asked: a trained alone
         assert ray.get(server.stats.remote()) == (1, 1)
-        assert ray.get(server.report.remote("b", False))[1]["epoch"] == 0   # b alive: still a member
+        assert ray.get(server.report.remote("b"))[1]["epoch"] == 0      # b alive: still a member
         ray.kill(trials["b"])                               # as when Tune stops b
         ray.get(server.advance.remote("a"))
         assert ray.get(server.stats.remote()) == (2, 2)
         with pytest.raises(ray.exceptions.RayTaskError, match="restart it to rejoin"):
-            ray.get(server.report.remote("b", False))       # b dead: dropped
+            ray.get(server.report.remote("b"))                          # b dead: dropped
     finally:
         ray.shutdown()
