@@ -21,8 +21,7 @@ from trainable.loop import steps_for
 from trainable.packed import pack_signature
 
 
-def shared_signature(trainer) -> Hashable:
-    """What trials must agree on to share a pack: the check `PackedTrainer` makes, as a key."""
+def shared_signature(trainer) -> Hashable:   # PackedTrainer's own check, as a key
     return pack_signature(trainer.cfg)
 
 

@@ -23,7 +23,7 @@ from sweep.pack_scheduler import Group, PackScheduler
 from trainable.config import from_dict, to_dict
 from trainable.data import load_data
 from trainable.engine import Trainer, resolve_device, resolve_memory_format, setup_process
-from trainable.loop import report_of, train_epoch
+from trainable.loop import Report, report_of, train_epoch
 
 GATHER_S = 1.0        # a round waits this long after the last ask before checking on late trials
 MAX_WAIT_S = 10.0     # … and at most this long after the first ask before it starts without them
@@ -46,9 +46,9 @@ def _to_cpu(value):
     return value
 
 
-def _report(trainer: Trainer, grid: bool = True) -> tuple[dict, dict, object]:
-    metrics, state, samples = report_of(trainer, grid)
-    return metrics, _to_cpu(state), samples
+def _report(trainer: Trainer) -> Report:
+    metrics, state, grid = report_of(trainer)
+    return metrics, _to_cpu(state), grid
 
 
 def _train_group(group: Group) -> list[dict]:
@@ -111,10 +111,10 @@ class PackServer:
             self.rounds = asyncio.create_task(self._run_rounds())
         return await future
 
-    async def report(self, trial_id: str, grid: bool = True) -> tuple[dict, dict, object]:
+    async def report(self, trial_id: str) -> Report:
         """(validation metrics, full trainer state on the CPU, sample grid) of this trial."""
         trainer = self.scheduler.member(trial_id).trainer
-        return await asyncio.to_thread(_report, trainer, grid)
+        return await asyncio.to_thread(_report, trainer)
 
     async def leave(self, trial_id: str) -> None:
         self._forget(trial_id)

@@ -6,7 +6,7 @@ A trial builds its full config from the spec plus its searched values, restores 
 `report_every` epochs. The checkpoint folder holds `latest.pt` (the trainer state; state["config"]
 is the trial's full config), `samples.png` (the sample grid), `generator.pt` (the exported
 generator) and `report.json` ({"epoch": N}). Both trial functions run `trainable.loop.run_epochs`
-with a `TuneSink`: a plain trial on a `LocalRun`; with `pack` > 1 on a `PackedRun`, whose models
+with `report_to_tune` as the sink: a plain trial on a `LocalRun`; with `pack` > 1 on a `PackedRun`, whose models
 live in the pack server (sweep/pack_server.py), which it asks for epochs and reports.
 """
 from __future__ import annotations
@@ -31,11 +31,11 @@ from sweep.space import SpecError
 from sweep.spec import SweepSpec
 from sweep.trial_progress import TrialProgress, read_progress
 from trainable.checkpoint import load_checkpoint, save_checkpoint
-from trainable.config import Config, apply_overrides, flatten, to_dict
+from trainable.config import apply_overrides, flatten, from_dict, to_dict
 from trainable.engine import Trainer, setup_process
 from trainable.export import export_generator
 from trainable.layout import GENERATOR, REPORT, SAMPLES
-from trainable.loop import LocalRun, run_epochs
+from trainable.loop import LocalRun, Report, run_epochs
 
 PACKED_TRIAL_CPU = 0.05
 
@@ -93,24 +93,18 @@ def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, flo
     return resources
 
 
-class TuneSink:
-    """Reports to Tune: the metrics plus a checkpoint folder (latest.pt, samples.png, generator.pt,
+def report_to_tune(row: dict, state: dict, grid: np.ndarray) -> None:
+    """The trials' sink: the metrics plus a checkpoint folder (latest.pt, samples.png, generator.pt,
     report.json), written to a temp folder that Tune copies into the trial's folder."""
-    wants_grid = True
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-
-    def report(self, row: dict, state: dict, grid: np.ndarray | None) -> None:
-        folder = Path(tempfile.mkdtemp(prefix="colorsweep-ckpt-"))
-        try:
-            save_checkpoint(folder, state)
-            Image.fromarray(grid).save(folder / SAMPLES)
-            export_generator(state["generator"], self.cfg, state["epoch"], folder / GENERATOR)
-            (folder / REPORT).write_text(json.dumps({"epoch": state["epoch"]}))
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix="colorsweep-ckpt-"))
+    try:
+        save_checkpoint(folder, state)
+        Image.fromarray(grid).save(folder / SAMPLES)
+        export_generator(state["generator"], from_dict(state["config"]), state["epoch"], folder / GENERATOR)
+        (folder / REPORT).write_text(json.dumps({"epoch": state["epoch"]}))
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _restored_state() -> dict | None:
@@ -134,7 +128,7 @@ def train_trial(config: dict, spec: SweepSpec, threads: int, sweep_dir: str) -> 
         trainer.load_state_dict(state)
     run = LocalRun(trainer)
     progress = TrialProgress(sweep_dir, tune.get_context().get_trial_id(), run, cfg.train.epochs)
-    run_epochs(run, TuneSink(cfg), cfg.train.epochs, spec.report_every, progress)
+    run_epochs(run, report_to_tune, cfg.train.epochs, spec.report_every, progress)
 
 
 class PackedRun:
@@ -148,8 +142,8 @@ class PackedRun:
         self.epoch += 1
         return losses
 
-    def report(self, grid: bool) -> tuple[dict[str, float], dict, np.ndarray | None]:
-        return ray.get(self.server.report.remote(self.trial_id, grid))
+    def report(self) -> Report:
+        return ray.get(self.server.report.remote(self.trial_id))
 
 
 def train_packed_trial(config: dict, spec: SweepSpec, server: str) -> None:
@@ -160,7 +154,7 @@ def train_packed_trial(config: dict, spec: SweepSpec, server: str) -> None:
     alive_probe = ray.get_runtime_context().current_actor   # lets the server see that we died
     epoch = ray.get(pack.join.remote(trial_id, to_dict(cfg), _restored_state(), alive_probe))
     try:
-        run_epochs(PackedRun(pack, trial_id, epoch), TuneSink(cfg), cfg.train.epochs, spec.report_every)
+        run_epochs(PackedRun(pack, trial_id, epoch), report_to_tune, cfg.train.epochs, spec.report_every)
     finally:
         pack.leave.remote(trial_id)
 

@@ -2,9 +2,11 @@
 
 - `steps_for(trainers)` is the one choice of how steps are taken: eager, packed or graphed.
 - `train_epoch(group)` is the one pass over the training images (of every trainer of a StepGroup).
-- `run_epochs(run, sink, epochs, every)` is the one epoch loop: it trains a `Run` (`LocalRun`, a
-  trainer in this process; or a packed trial's trainer in the pack server) and hands a report to a
-  `Sink` after every `every`-th epoch and the last. Callers differ only in their run and sink.
+- `run_epochs(run, sink, epochs, every)` is the one epoch loop. A run has `.epoch`, `.advance(progress)`
+  (one epoch → its mean losses) and `.report()` (→ validation metrics, trainer state, sample grid):
+  `LocalRun` here, a packed trial's `PackedRun` (sweep/ray_adapter.py). A sink is called with
+  (row, state, grid), row = {"epoch", the last epoch's losses, the metrics}: `FolderSink` here
+  (MLflow through its on_report), Tune's in sweep/ray_adapter.py. Callers differ only in these two.
 - `run_training(cfg, directory)` is a training folder: it resumes from `checkpoint/` and reports to
   `FolderSink`, which appends a line to `metrics.jsonl` and then writes the checkpoint. A crash
   between the two leaves a metrics line newer than the checkpoint; on resume such lines are dropped
@@ -16,7 +18,6 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,8 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import Config, to_dict
 from trainable.engine import Trainer, setup_process
-from trainable.graphs import GraphedTrainer
 from trainable.files import write_text_atomic
+from trainable.graphs import GraphedTrainer
 from trainable.layout import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
 from trainable.packed import PackedTrainer
 from trainable.steps import EagerStep, StepGroup
@@ -37,6 +38,7 @@ SUMMARY_KEYS = ("loss_d", "loss_g", "loss_l1", "loss_control", "val_control_erro
                 "val_saturation", "val_pixel_acc_5", "val_realism_abhist")
 SAMPLE_COUNT = 8
 StepProgress = Callable[[int, int], None]       # (steps done, steps in the epoch)
+Report = tuple[dict[str, float], dict, np.ndarray]   # (validation metrics, trainer state, sample grid)
 
 
 def steps_for(trainers: list[Trainer]) -> StepGroup:
@@ -69,27 +71,8 @@ def train_epoch(group: StepGroup | Trainer, progress: StepProgress | None = None
     return results
 
 
-class Run(Protocol):
-    """What `run_epochs` trains: one trial's trainer, wherever it lives."""
-    epoch: int
-
-    def advance(self, progress: StepProgress | None) -> dict[str, float]:
-        """Train one epoch; → its mean losses."""
-
-    def report(self, grid: bool) -> tuple[dict[str, float], dict, np.ndarray | None]:
-        """(validation metrics, full trainer state, the sample grid when `grid`)."""
-
-
-class Sink(Protocol):
-    """Where reports go: files, Tune, MLflow (through a callback)."""
-    wants_grid: bool
-
-    def report(self, row: dict, state: dict, grid: np.ndarray | None) -> None:
-        """`row` is {"epoch", the last epoch's losses, the validation metrics}."""
-
-
-def report_of(trainer: Trainer, grid: bool) -> tuple[dict[str, float], dict, np.ndarray | None]:
-    return trainer.evaluate(), trainer.state_dict(), trainer.sample_grid(SAMPLE_COUNT) if grid else None
+def report_of(trainer: Trainer) -> Report:
+    return trainer.evaluate(), trainer.state_dict(), trainer.sample_grid(SAMPLE_COUNT)
 
 
 class LocalRun:
@@ -106,11 +89,12 @@ class LocalRun:
         self.group = self.group or steps_for([self.trainer])
         return train_epoch(self.group, progress)[0]
 
-    def report(self, grid: bool) -> tuple[dict[str, float], dict, np.ndarray | None]:
-        return report_of(self.trainer, grid)
+    def report(self) -> Report:
+        return report_of(self.trainer)
 
 
-def run_epochs(run: Run, sink: Sink, epochs: int, every: int = 1, progress: StepProgress | None = None) -> None:
+def run_epochs(run, sink: Callable[[dict, dict, np.ndarray], None], epochs: int, every: int = 1,
+               progress: StepProgress | None = None) -> None:
     """Train `run` up to `epochs`, reporting after every `every`-th epoch and the last. A run
     restored at its last epoch still reports once: Tune marks a trial done only on a report."""
     losses: dict[str, float] = {}
@@ -120,8 +104,8 @@ def run_epochs(run: Run, sink: Sink, epochs: int, every: int = 1, progress: Step
         while run.epoch < target:
             losses = run.advance(progress)
         reported = True
-        metrics, state, grid = run.report(sink.wants_grid)
-        sink.report({"epoch": run.epoch, **losses, **metrics}, state, grid)
+        metrics, state, grid = run.report()
+        sink({"epoch": run.epoch, **losses, **metrics}, state, grid)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -145,14 +129,13 @@ def summary_line(row: dict, seconds: float, epochs: int) -> str:
 
 class FolderSink:
     """A training folder: per report a metrics.jsonl line, then the checkpoint, then a summary line."""
-    wants_grid = False
 
     def __init__(self, directory: Path, epochs: int, console: Console,
                  on_report: Callable[[dict], None] | None = None):
         self.directory, self.epochs, self.console, self.on_report = directory, epochs, console, on_report
         self.started = time.perf_counter()
 
-    def report(self, row: dict, state: dict, grid: np.ndarray | None) -> None:
+    def __call__(self, row: dict, state: dict, grid: np.ndarray) -> None:
         with open(self.directory / METRICS_FILE, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         save_checkpoint(self.directory / CHECKPOINT_DIR, state)
@@ -160,21 +143,6 @@ class FolderSink:
         self.started = time.perf_counter()
         if self.on_report is not None:
             self.on_report(row)
-
-
-class EpochBar:
-    """The progress callback of `run_training`: one transient bar per epoch."""
-
-    def __init__(self, bar: Progress, trainer: Trainer):
-        self.bar, self.trainer, self.task = bar, trainer, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task("train", total=total, epoch=self.trainer.epoch + 1)
-        self.bar.update(self.task, completed=done)
-        if done == total:
-            self.bar.remove_task(self.task)
-            self.task = None
 
 
 def resume(trainer: Trainer, directory: Path) -> None:
@@ -202,8 +170,14 @@ def run_training(cfg: Config, directory: str | Path, progress: bool = True,
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
     with Progress(*columns, transient=True, disable=not progress) as bar:
+        task = bar.add_task("train", total=None, epoch=trainer.epoch + 1)
+
+        def show(done: int, total: int) -> None:
+            if done == 1:                  # a new epoch: a fresh time estimate
+                bar.reset(task, total=total, epoch=trainer.epoch + 1)
+            bar.update(task, completed=done)
         callback = (lambda row: on_report(trainer, row)) if on_report is not None else None
         sink = FolderSink(directory, cfg.train.epochs, bar.console, callback)
-        run_epochs(LocalRun(trainer), sink, cfg.train.epochs, progress=EpochBar(bar, trainer))
+        run_epochs(LocalRun(trainer), sink, cfg.train.epochs, progress=show)
     print(f"done: {trainer.epoch} epochs; checkpoint, config.yaml and metrics.jsonl in {directory}")
     return trainer
