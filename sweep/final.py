@@ -28,7 +28,6 @@ from trainable.config import Config, ConfigError, apply_overrides, flatten, from
 from trainable.data import load_test_split
 from trainable.datasets import has_test_split
 from trainable.export import ModelError, export_generator
-from trainable.fid import colorization_realism
 from trainable.files import write_text_atomic
 from trainable.layout import (CONFIG_FILE, FINAL_DIR, FINAL_RECORD, GENERATOR, METRICS_FILE, SAMPLES,
                               TEST_METRICS)
@@ -100,7 +99,7 @@ def finish(sweep: Sweep, trainer, directory: Path, run_id: str) -> dict:
     """Test-split metrics (the validation split's when the data has no test split), a sample grid
     and the exported generator, all logged to the run once."""
     images = load_test_split(trainer.cfg.data, trainer.device)
-    test = {**trainer.evaluate(images), **colorization_realism(trainer.colorize, images)}   # + FID, KID
+    test = trainer.evaluate(images, fid=True)
     test = {f"test_{k.removeprefix('val_')}": v for k, v in test.items()}
     write_text_atomic(directory / TEST_METRICS, json.dumps(test, indent=2) + "\n")
     Image.fromarray(trainer.sample_grid(8)).save(directory / SAMPLES)

@@ -25,3 +25,17 @@ def test_fid_is_zero_on_itself_and_grows_with_noise():
     assert abs(same["fid"]) < 1e-2
     assert 1.0 < small["fid"] < large["fid"]
     assert same["kid"] < small["kid"] < large["kid"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_evaluate_adds_fid_when_asked_or_due():
+    from tests.helpers import tiny_config
+    from trainable.engine import Trainer
+    images = None
+    for every, expected in ((0, False), (1, True)):
+        trainer = Trainer(tiny_config(f"train.fid_every={every}"))
+        images = trainer.data.val[:4] if images is None else images
+        trainer.epoch = 1
+        assert ("val_fid" in trainer.evaluate(images)) == expected
+    assert {"val_fid", "val_kid"} <= set(Trainer(tiny_config()).evaluate(images, fid=True))

@@ -185,8 +185,9 @@ class Trainer:
         return None if self.conditioning is None else faithful_condition(real, self.conditioning.names)
 
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor | None = None) -> dict[str, float]:
-        """All `val_*` metrics on `images` (normalized Lab; default: the validation split)."""
+    def evaluate(self, images: torch.Tensor | None = None, fid: bool | None = None) -> dict[str, float]:
+        """All `val_*` metrics on `images` (normalized Lab; default: the validation split); with `fid`
+        (None: every train.fid_every epochs) also val_fid and val_kid."""
         images = self.data.val if images is None else images
         accumulator = MetricAccumulator(self.cfg.loss.controlled())
         for start in range(0, len(images), self.cfg.train.eval_batch_size):
@@ -198,6 +199,11 @@ class Trainer:
             fixed = {name: out[f"val_control_error_{name}"] for name in self.cfg.loss.controlled()}
             out.update(conditioned_metrics(self.colorize, images.to(self.device), self.cfg.loss,
                                            self.cfg.train.eval_batch_size, fixed))
+        every = self.cfg.train.fid_every
+        if fid or (fid is None and every and self.epoch % every == 0):   # Inception: slow on a CPU
+            from trainable.fid import colorization_realism              # torchmetrics only when asked
+            out.update(colorization_realism(lambda real: self.colorize(real[:, :1], self._faithful(real)),
+                                            images.to(self.device), self.cfg.train.eval_batch_size))
         return out
 
     def sample_grid(self, count: int = 8, images: torch.Tensor | None = None) -> np.ndarray:

@@ -122,12 +122,13 @@ def cached_network(device: str) -> InceptionFeatures:
 
 def colorization_realism(colorize: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                          batch_size: int = 100) -> dict[str, float]:
-    """{"val_fid", "val_kid"} of colorize(L) → normalized Lab against the real normalized-Lab images."""
+    """{"val_fid", "val_kid"} of colorize(real Lab batch) → colorized Lab against the real images
+    (normalized Lab); colorize sees the real batch so a conditioned model can take its own targets."""
     network = cached_network(str(images.device))
     fake, real = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        fake.append(lab_normalized_to_rgb(colorize(batch[:, :1]).float()))
+        fake.append(lab_normalized_to_rgb(colorize(batch).float()))
         real.append(lab_normalized_to_rgb(batch.float()))
     scores = fid_kid(features_of(network, fake), features_of(network, real))
     return {"val_fid": scores["fid"], "val_kid": scores["kid"]}
