@@ -3,7 +3,7 @@
 Input: a DataFrame (or dict) with one column `image` holding uint8 H×W×3 or H×W arrays, or base64
 PNG/JPEG strings (the REST form); the output has the same column, each image in the form it came
 in. Params: one per statistic of CONTROL_NAMES (None = free) and `scale` (`train` or `native`), the
-same as `python -m sweep.colorize`'s flags, and the colorizing is that module's `colorize_array`.
+same as `python -m sweep.colorize`'s flags, and the colorizing is that module's `colorize_many`.
 The signature lists every statistic, not only the model's, because MLflow drops params missing
 from the signature before `predict` sees them: a target the model does not take must reach it to
 be refused. The model's own ranges are in the MLmodel metadata (`colorsweep`). Bad input raises
@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 from collections.abc import Mapping, Sequence
 
 import mlflow
@@ -25,7 +26,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image, UnidentifiedImageError
 
-from sweep.colorize import SCALES, ColorModel, TargetError, check_targets, colorize_array, load_model
+from sweep.colorize import SCALES, ColorModel, TargetError, check_targets, colorize_many, load_model
 from trainable.config import CONTROL_NAMES
 
 COLUMN = "image"
@@ -91,17 +92,24 @@ def targets_from(params: Mapping[str, object] | None) -> tuple[dict[str, float],
     return {name: float(value) for name, value in params.items() if value is not None}, scale
 
 
-def colorize_column(model: ColorModel, images: Sequence, targets: Mapping[str, float], scale: str) -> list:
-    out = []
+def read_column(images: Sequence) -> list[np.ndarray]:
+    """Every image decoded and checked before any is colorized."""
+    rgbs = []
     for index, item in enumerate(images):
         if isinstance(item, str):
-            out.append(encode_png(colorize_array(model, decode_image(item, index), targets, scale)))
+            rgbs.append(decode_image(item, index))
         elif isinstance(item, np.ndarray):
-            out.append(colorize_array(model, as_rgb(item, index), targets, scale))
+            rgbs.append(as_rgb(item, index))
         else:
             raise bad_input(f"image {index}: expected a base64 PNG string or a uint8 array, "
                             f"got {type(item).__name__}")
-    return out
+    return rgbs
+
+
+def colorize_column(model: ColorModel, images: Sequence, targets: Mapping[str, float], scale: str) -> list:
+    """sweep.colorize's colorize_many (the CLI's call); each image answered in the form it came in."""
+    colored = colorize_many(model, read_column(images), targets, scale)
+    return [encode_png(rgb) if isinstance(item, str) else rgb for item, rgb in zip(images, colored)]
 
 
 class ColorizerModel(mlflow.pyfunc.PythonModel):
@@ -113,7 +121,8 @@ class ColorizerModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         targets, scale = targets_from(params)
         try:
-            check_targets(self.model, targets)
+            for warning in check_targets(self.model, targets):     # outside the training range: runs
+                logging.getLogger(__name__).warning(warning)
         except TargetError as err:
             raise bad_input(str(err).removeprefix("--")) from None
         if isinstance(model_input, pd.DataFrame):
