@@ -109,7 +109,8 @@ def film_rows(base: list[str], data, epochs: int, lambda_s: float, out: Path) ->
         trainer = train(base + film + extra, data, epochs, label)
         per_sigma = [metrics_at(trainer, sigma, condition=True) for sigma in FILM_GRID]
         rows[f"{label} (σ 0.1–0.7 mean)"] = {k: float(np.mean([m[k] for m in per_sigma])) for k in per_sigma[0]}
-        strip(trainer, "saturation", STRIP_SATURATIONS, out / f"adjusted_strip_{label.split(', ')[1].replace(' ', '_')}.png")
+        slug = label.split(", ")[1].replace(" ", "_")
+        strip(trainer, "saturation", STRIP_SATURATIONS, out / f"adjusted_strip_{slug}.png")
     return rows
 
 

@@ -171,7 +171,8 @@ class PackedTrainer(StepGroup):
         if noise is None:
             return [(None, None)] * len(self.trainers), None, None
         drawn = [t.conditioning.draw(batch[k], noise[k]) for k, t in enumerate(self.trainers)]
-        reals = [targets if t.cfg.loss.control_on != "generator" else own for (targets, own), t in zip(drawn, self.trainers)]
+        reals = [targets if t.cfg.loss.control_on != "generator" else own
+                 for (targets, own), t in zip(drawn, self.trainers)]
         return (drawn, torch.stack([condition_vector(t) for t, _ in drawn]),
                 torch.stack([condition_vector(real) for real in reals]))
 
@@ -180,7 +181,8 @@ class PackedTrainer(StepGroup):
         batch's own, or adjusted to the trial's targets (issue 12, trainable.adjust.training_views)."""
         if not any(uses_adjusted(t.cfg) for t in self.trainers):
             return batch[:, :, 1:], batch[:, :, 1:]
-        views = [training_views(batch[k], t.cfg, batch_targets(t.cfg.loss, *drawn[k])) for k, t in enumerate(self.trainers)]
+        views = [training_views(batch[k], t.cfg, batch_targets(t.cfg.loss, *drawn[k]))
+                 for k, t in enumerate(self.trainers)]
         return torch.stack([view[1] for view in views]), torch.stack([view[2] for view in views])
 
     def step(self, batch: torch.Tensor, lr_factor: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
