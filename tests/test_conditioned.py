@@ -119,3 +119,17 @@ def test_export_then_colorize_gives_what_the_trainer_gives(tmp_path):
     expected = lab_normalized_to_uint8(trainer.colorize(lightness, condition_vector(fixed_targets({"saturation": 0.6}, 1))))[0]
     got = colorize_array(model, rgb, {"saturation": 0.6})
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphed_conditioned_epoch_matches_the_eager_epoch():
+    common = (*FILM, "train.device=cuda", "train.batch_size=32", "data.synthetic_size=1200", "model.width=0.25",
+              "train.precision=fp32", "model.d_conditioning=projection")
+    configs = [tiny_config(*common), tiny_config(*common, "train.cuda_graph=on")]
+    data = load_data(configs[0].data, "cuda")
+    eager, graphed = Trainer(configs[0], data), Trainer(configs[1], data)
+    a, b = train_epoch(eager)[0], train_epoch(graphed)[0]
+    assert a.keys() == b.keys() and a["control_error_saturation"] == pytest.approx(b["control_error_saturation"], rel=2e-2)
+    x, y = _flat(eager.generator), _flat(graphed.generator)
+    assert float((x - y).norm() / x.norm()) < 1e-2

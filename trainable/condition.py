@@ -106,8 +106,8 @@ def draw_targets(noise: torch.Tensor, real_stats: torch.Tensor, names: tuple[str
     (hue wrapped to [0, 1)); each statistic present unless its drop uniform falls below `drop`."""
     own = (noise[:, 0] < own_fraction).to(real_stats.dtype)
     drawn = low + noise[:, 2::2] * (high - low)
-    hue = torch.tensor([n == "hue" for n in names], device=noise.device)
-    drawn = torch.where(hue, drawn % 1.0, drawn)
+    # column by column: no tensor made from host data inside a step that a CUDA graph may capture
+    drawn = torch.stack([drawn[:, i] % 1.0 if n == "hue" else drawn[:, i] for i, n in enumerate(names)], 1)
     values = torch.where(own[:, None] > 0, real_stats, drawn.to(real_stats.dtype))
     present = (noise[:, 1::2] >= drop).to(real_stats.dtype)
     return Targets(names, values, present, own)
