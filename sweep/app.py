@@ -25,6 +25,7 @@ from trainable.export import ModelError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 STRIP_POINTS = 5
+IMAGE_HEIGHT = 280     # display pixels; small examples are scaled up to it
 
 
 def open_model(ref: str, tracking_uri: str | None = None) -> ColorModel:
@@ -80,8 +81,8 @@ def build_app(model: ColorModel, examples: Sequence[Path] = ()):
         with gr.Row():
             first = str(examples[0]) if examples else None
             source = gr.Image(first, type="numpy", image_mode="RGB", label="grayscale image",
-                              sources=["upload", "clipboard"])
-            result = gr.Image(type="numpy", format="png", label="colorized", interactive=False)
+                              sources=["upload", "clipboard"], height=IMAGE_HEIGHT)
+            result = gr.Image(type="numpy", format="png", label="colorized", interactive=False, height=IMAGE_HEIGHT)
         sliders, frees = [], []
         for name, (low, high) in model.ranges.items():
             with gr.Row():
@@ -95,7 +96,7 @@ def build_app(model: ColorModel, examples: Sequence[Path] = ()):
             strip_name = gr.Dropdown(list(model.ranges), value=next(iter(model.ranges), None),
                                      label="strip across", visible=bool(model.ranges))
         strip = gr.Image(type="numpy", format="png", label=f"strip ({STRIP_POINTS} values across the range)",
-                         interactive=False, visible=bool(model.ranges))
+                         interactive=False, visible=bool(model.ranges), height=IMAGE_HEIGHT // 2)
         with gr.Row():
             run = gr.Button("Colorize", variant="primary")
             download = gr.DownloadButton("Download PNG")

@@ -130,6 +130,6 @@ def test_screenshot_of_the_page(page, tmp_path):
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync", "--no-first-run",
                     f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1100",
-                    "--virtual-time-budget=15000", page[1]], check=True, capture_output=True, timeout=180)
+                    "--virtual-time-budget=900000", page[1]], check=True, capture_output=True, timeout=180)
     image = pixels(shot).astype(float)
     assert image.shape[:2] == (1100, 1200) and image.std() > 10
