@@ -113,6 +113,8 @@ def _quiet_environment(local: bool) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A failed trial is one line in our output; its traceback stays in the trial's error.txt.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # MLflow draws a download bar for every table it appends to the parent run at the end.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.tune",
                  "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).addFilter(_DropChatter())
@@ -161,7 +163,11 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list):
     trainable = trainable_for(spec, cluster, sweep_dir)
     if tune.Tuner.can_restore(str(sweep_dir)):
         print(f"resuming {spec.name} from {sweep_dir}")
-        return tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+        # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
+        # client); this run's replace them. No public setter: ray-project/ray#41364.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
     tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
                                   num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
     run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,

@@ -66,6 +66,8 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
     before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
     done = run_launch(tmp_path, *command)
     assert done.returncode == 0 and "sweep finished: 4 trials" in done.stdout, done.stdout[-3000:]
+    assert "finished: val_control_error" in done.stdout          # a resumed sweep shows its progress too
+    assert done.stderr == "", done.stderr[-3000:]
     assert_complete(tmp_path, epochs=6)
     for trial_dir in trial_dirs(sweep_dir):
         after = iterations(trial_dir)[len(before.get(trial_dir.name, [])):]
