@@ -53,7 +53,7 @@ def _format_duration(seconds: float) -> str:
         return f"{seconds:.0f} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h" if seconds < 36000 else f"{seconds / 3600:.0f} h"
+    return f"{seconds / 3600:.1f} h" if seconds < 360000 else f"{seconds / 3600:.0f} h"
 
 
 def _measure(cfg: Config, images: np.ndarray) -> tuple[float, float]:
