@@ -115,3 +115,13 @@ def test_a_training_step_pulls_toward_the_adjusted_images(l1_target, control_on)
     pulled_to = adjust_to_targets(batch, {"saturation": 0.9}) if l1_target == "adjusted" else batch
     assert float(losses["loss_l1"]) == pytest.approx(float(pulled_to[:, 1:].abs().mean()), rel=1e-4)
     assert (float(losses["loss_control"]) == 0.0) == (control_on == "discriminator")
+
+
+def test_batch_targets_of_a_conditioned_batch_keep_hidden_statistics_own():
+    from trainable.condition import Targets
+    requested = Targets(("saturation", "hue"), torch.tensor([[0.7, 0.2], [0.1, 0.9]]),
+                        torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.zeros(2))
+    own = Targets(("saturation", "hue"), torch.tensor([[0.3, 0.5], [0.4, 0.6]]), torch.ones(2, 2), torch.ones(2))
+    targets = batch_targets(load_config(None, ["loss.saturation.weight=5"]).loss, requested, own)
+    assert torch.equal(targets["saturation"], torch.tensor([0.7, 0.4]))
+    assert torch.equal(targets["hue"], torch.tensor([0.5, 0.9]))
