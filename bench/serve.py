@@ -106,7 +106,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--http", action="store_true", help="also time a real mlflow models serve process")
     parser.add_argument("--port", type=int, default=5077)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads here and in the server (OMP_NUM_THREADS); on a busy machine more are slower")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)      # inherited by the server process
     gray = gray_image(args.size)
     rgb = np.repeat(gray[..., None], 3, axis=2)
     body = json.dumps({"dataframe_records": [{"image": png_base64(gray)}], "params": TARGETS}).encode()
