@@ -1,6 +1,6 @@
 """The original project's open experiments (issue 12): where the saturation control acts, on CIFAR-10, CPU.
 
-    python -m bench.adjusted --data ../shared/data/cifar10 [--epochs N] [--set k=v ...]
+    python -m bench.adjusted --data ../shared/data/cifar10 [--epochs N] [--sigma S ...] [--no-film] [--set k=v ...]
 
 On the same 3,000 training / 500 validation images (model.width 0.25, batch 64, one seed, the same
 epochs for every row) it trains, at σ_S = 0.6 and at σ_S = 0.1 (λ_S fixed): the original setup
@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per row (the same for every row)")
     parser.add_argument("--lambda-s", type=float, default=20.0, help="λ_S of the fixed-target rows")
     parser.add_argument("--lambda-film", type=float, default=100.0, help="λ_S of the film rows")
+    parser.add_argument("--sigma", dest="sigmas", type=float, action="append", default=[],
+                        help=f"σ_S of the fixed-target rows (repeatable; default {', '.join(map(str, SIGMAS))})")
+    parser.add_argument("--no-film", action="store_true", help="leave out the two film rows")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -139,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     fixed = [f"loss.saturation.weight={args.lambda_s}", "loss.saturation.target=0.6"]
     plain, adjusted = step_seconds(base + fixed, data), step_seconds(base + fixed + ["loss.l1_target=adjusted"], data)
     rows: dict[str, dict | None] = {}
-    for sigma in SIGMAS:
+    for sigma in args.sigmas or SIGMAS:
         for label, extra in VARIANTS.items():
             items = base + [f"loss.saturation.weight={args.lambda_s}", f"loss.saturation.target={sigma}", *extra]
             trainer = train(items, data, args.epochs, f"{label} σ_S={sigma}")
             rows[f"{label}, σ_S={sigma}"] = metrics_at(trainer, sigma, condition=False)
-    rows.update(film_rows(base, data, args.epochs, args.lambda_film, out))
+    if not args.no_film:
+        rows.update(film_rows(base, data, args.epochs, args.lambda_film, out))
     text = (f"bench.adjusted: CIFAR-10 {len(data.train)}/{len(data.val)} images, width 0.25, batch 64, seed 0, "
             f"{args.epochs} epochs per row, λ_S={args.lambda_s:g} (film {args.lambda_film:g}), {device}\n"
             f"training step: {plain * 1000:.0f} ms plain, {adjusted * 1000:.0f} ms with the adjustment "
