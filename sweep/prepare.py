@@ -49,6 +49,8 @@ def prepare_data(cfg: DataConfig) -> np.ndarray:
 
 
 def _format_duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
