@@ -261,13 +261,16 @@ class ProgressCallback(tune.Callback):
     def __getstate__(self) -> dict:   # Tune pickles its callbacks; a live display does not pickle
         return {**self.__dict__, "display": None}
 
-    def on_step_end(self, iteration, trials, **info):
-        if self.display is None or time.monotonic() - self._shown < self.REFRESH_S:
-            return
+    def _update(self, trials, ended: tuple[str, str] | None = None) -> None:
+        """Redraw; `ended` = (trial id, status) of a trial Tune marks ended only after the callback."""
         self._shown = time.monotonic()
-        live = read_progress(self.sweep_dir)
-        self.display.update([trial_row(t.trial_id, t.status, t.last_result, t.config, self.spec,
-                                       live.get(t.trial_id)) for t in trials])
+        live, ended = read_progress(self.sweep_dir), dict([ended] if ended else [])
+        self.display.update([trial_row(t.trial_id, ended.get(t.trial_id, t.status), t.last_result, t.config,
+                                       self.spec, live.get(t.trial_id)) for t in trials])
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.display is not None and time.monotonic() - self._shown >= self.REFRESH_S:
+            self._update(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.display is None:
@@ -277,6 +280,7 @@ class ProgressCallback(tune.Callback):
                            if o.metric in row["metrics"])
         how = "finished" if row["epoch"] >= row["epochs"] else f"stopped early (ASHA) after epoch {row['epoch']}"
         self.display.event(f"trial {trial.trial_id} {how}: {values}")
+        self._update(trials, (trial.trial_id, "TERMINATED"))     # the table agrees with the line at once
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         if self.display is not None:
@@ -285,3 +289,4 @@ class ProgressCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.display is not None:
             self.display.event(f"trial {trial.trial_id} failed: {_error_line(trial)}")
+            self._update(trials, (trial.trial_id, "ERROR"))
