@@ -235,7 +235,7 @@ class SweepDisplay:
                 self._live = Live(console=self.console, refresh_per_second=2, transient=True,
                                   redirect_stdout=True, redirect_stderr=True)
                 self._live.start()
-            self._live.update(self._render(rows, now))
+            self._live.update(self._render(rows, now), refresh=True)
         elif time.monotonic() - self._printed >= PLAIN_EVERY_S:
             self._printed = time.monotonic()
             print(plain_line(rows, self.spec, elapsed, now), flush=True)
