@@ -23,6 +23,7 @@ from PIL import Image
 from analysis import tracking
 from analysis.load import Sweep, SweepError, load_sweep
 from analysis.rank import ranked
+from sweep.register import register
 from trainable.checkpoint import load_checkpoint
 from trainable.config import Config, ConfigError, apply_overrides, flatten, from_dict, parse_assignment, to_dict
 from trainable.data import load_test_split
@@ -107,6 +108,8 @@ def finish(sweep: Sweep, trainer, directory: Path, run_id: str) -> dict:
     tracking.log_new_steps(sweep.state, run_id, {trainer.epoch: test}, next(iter(test)))
     files = [directory / n for n in (GENERATOR, SAMPLES, TEST_METRICS, CONFIG_FILE)]
     tags = {"colorsweep.epochs": str(trainer.epoch), "colorsweep.evaluated_on": split_name(trainer.cfg)}
+    _, model_uri = register(directory / GENERATOR, sweep.name, tracking.client_for(sweep.state).tracking_uri, run_id)
+    print(f"registered {model_uri}; serve it: mlflow models serve -m {model_uri} --env-manager local")
     tracking.finish_final_run(sweep.state, run_id, files, tags)
     return test
 

@@ -89,7 +89,8 @@ def check_mlflow_run(sweep_dir: Path, record: dict) -> None:
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_control_error")]
     assert sorted(steps) == list(range(1, EPOCHS + 1))  # each epoch once across kill and rerun
     assert "test_pixel_acc_5" in run.data.metrics
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"generator.pt", "samples.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"generator.pt", "samples.png", "model"}
+    assert len(client.search_model_versions(f"name = 'smoke' and run_id = '{run.info.run_id}'")) == 1
 
 
 def check_export_colorizes(sweep_dir: Path, tmp_path: Path) -> None:
@@ -125,6 +126,7 @@ def check_rerun_logs_nothing_twice(sweep_dir: Path, record: dict) -> None:
         steps = [m.step for m in client.get_metric_history(record["mlflow_run_id"], key)]
         assert len(steps) == len(set(steps)), key
     assert client.get_run(record["mlflow_run_id"]).data.tags["colorsweep.evaluated_on"].startswith("validation split")
+    assert len(client.search_model_versions(f"name = 'smoke' and run_id = '{record['mlflow_run_id']}'")) == 1
 
 
 def test_final_without_a_finished_trial_says_so_in_one_line(tmp_path):
