@@ -116,7 +116,8 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_served_model_answers_a_png_and_refuses_bad_requests(models, tmp_path):
+def test_served_model_answers_a_png_and_refuses_bad_requests(models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                       # MLflow's default artifact root is ./mlruns
     exported, pyfuncs = models
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     version, model_uri = register.register(exported["film"], "served", uri)
