@@ -126,3 +126,13 @@ def front_table(table: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Data
     front = table[table["pareto"]]
     params = [c for c in table.columns if "." in c]        # searched keys are dotted config keys
     return front[["rank", "trial_id", "run_id", *(o.metric for o in objectives), *params]].astype(str)
+
+
+def front_note(best: dict[str, float], front: pd.DataFrame) -> str:
+    """Markdown for the parent run's description: MLflow shows it on the run page as it opens."""
+    lines = ["**Best values** " + ", ".join(f"{k.removeprefix('best_')} {v:.4g}" for k, v in best.items()
+                                             if k.startswith("best_")), "", "**Pareto front**", ""]
+    columns = [c for c in front.columns if c != "run_id"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for _, row in front.iterrows()]
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from analysis.load import Sweep, SweepError, mark_early_stopped, varying_params
-from analysis.pareto import DEFAULT_OBJECTIVES, Objective, best_values, front_table, rank_table
+from analysis.pareto import DEFAULT_OBJECTIVES, Objective, best_values, front_note, front_table, rank_table
 from analysis.store import ensure_store, existing_store, resolve_tracking_uri
 from trainable.layout import SweepState
 
@@ -36,6 +36,7 @@ KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3
 STEP_METRIC = "epoch"                 # every report carries it; its history says which steps are logged
 BATCH = 100                           # MLflow's limit of params / metrics per log_batch call
 PARETO_TABLE = "pareto_front.json"
+NOTE_TAG = "mlflow.note.content"   # the run description MLflow shows on the run page
 STATUS_FROM_MLFLOW = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "KILLED",
                       "RUNNING": "RUNNING", "SCHEDULED": "PENDING"}
 # Tune's bookkeeping fields that are not worth a metric series.
@@ -197,8 +198,10 @@ class SweepTracker:
         except (SweepError, KeyError):    # no trial reported every objective yet
             table = None
         if table is not None:
-            log_metrics(self.client, self.parent_run_id, best_values(table, objectives), 0)
-            self.client.log_table(self.parent_run_id, front_table(table, objectives), PARETO_TABLE)
+            best, front = best_values(table, objectives), front_table(table, objectives)
+            log_metrics(self.client, self.parent_run_id, best, 0)
+            self.client.log_table(self.parent_run_id, front, PARETO_TABLE)
+            self.client.set_tag(self.parent_run_id, NOTE_TAG, front_note(best, front))
         self.client.set_terminated(self.parent_run_id, "FINISHED" if finished else "KILLED")
 
 

@@ -122,6 +122,8 @@ def test_parent_run_carries_best_values_and_pareto_table(built_store, tmp_path):
     table = json.loads(Path(client.download_artifacts(parent, tracking.PARETO_TABLE, str(tmp_path))).read_text())
     front = {row[table["columns"].index("trial_id")] for row in table["data"]}
     assert front == {"a", "bb"}
+    note = run.data.tags[tracking.NOTE_TAG]          # the run page's description
+    assert "val_control_error 0.1" in note and "| a |" in note and "| ccc |" not in note
 
 
 def test_resumed_tracker_logs_each_step_once(built_store, tmp_path):
