@@ -128,11 +128,18 @@ def front_table(table: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Data
     return front[["rank", "trial_id", "run_id", *(o.metric for o in objectives), *params]].astype(str)
 
 
+def _short(text: str) -> str:
+    try:
+        return f"{float(text):.4g}"
+    except ValueError:
+        return text
+
+
 def front_note(best: dict[str, float], front: pd.DataFrame) -> str:
     """Markdown for the parent run's description: MLflow shows it on the run page as it opens."""
     lines = ["**Best values** " + ", ".join(f"{k.removeprefix('best_')} {v:.4g}" for k, v in best.items()
                                              if k.startswith("best_")), "", "**Pareto front**", ""]
     columns = [c for c in front.columns if c != "run_id"]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for _, row in front.iterrows()]
+    lines += ["| " + " | ".join(row[c] if c == "trial_id" else _short(row[c]) for c in columns) + " |" for _, row in front.iterrows()]
     return "\n".join(lines)

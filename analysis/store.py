@@ -17,7 +17,7 @@ from contextlib import closing
 from pathlib import Path
 
 SQLITE = "sqlite:///"
-RUNS_VIEW = "#/experiments/{}/runs?workflowType=machine_learning"  # MLflow 3: the runs, not traces
+RUNS_VIEW = "#/experiments/{}/runs{}?workflowType=machine_learning"  # MLflow 3: the runs, not traces
 
 
 class StoreError(RuntimeError):
@@ -36,8 +36,9 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
-def runs_view_url(experiment_id: str, server: str = "http://127.0.0.1:5000/") -> str:
-    return server + RUNS_VIEW.format(experiment_id)
+def runs_view_url(experiment_id: str, run_id: str | None = None, server: str = "http://127.0.0.1:5000/") -> str:
+    """The experiment's runs view, or one run's page when `run_id` is given."""
+    return server + RUNS_VIEW.format(experiment_id, f"/{run_id}" if run_id else "")
 
 
 def sqlite_file(uri: str) -> Path | None:

@@ -270,7 +270,8 @@ def _finish(spec, sweep_dir: Path, grid, record, tracker, budget_hit: bool, reru
     tracker.end_sweep(finished, spec.objectives)
     sweep_state.write_state(sweep_dir, sweep_state.SweepState(finished, record.tracking_uri,
                                                               record.experiment_name, record.parent_run_id))
-    show_summary(rows, spec, str(sweep_dir), record.tracking_uri, line, tracker.experiment_id)
+    show_summary(rows, spec, str(sweep_dir), record.tracking_uri, line, tracker.experiment_id,
+                 tracker.parent_run_id)
     return code
 
 

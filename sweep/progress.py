@@ -253,7 +253,7 @@ class SweepDisplay:
 
 
 def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking_uri: str, outcome: str,
-                 experiment_id: str | None = None) -> None:
+                 experiment_id: str | None = None, parent_run_id: str | None = None) -> None:
     front = pareto_front(rows, spec.objectives)
     label = "best trials (Pareto front)" if len(spec.objectives) > 1 else "best trial"
     if front:
@@ -265,3 +265,5 @@ def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking
     if experiment_id is not None:
         from analysis.store import runs_view_url
         console.print(Text(f"          then open {runs_view_url(experiment_id)}"))
+        if parent_run_id is not None:
+            console.print(Text(f"          best values: {runs_view_url(experiment_id, parent_run_id)}"))
