@@ -294,4 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Ray's head answers SIGTERM with sys.exit(1): one during Ray's teardown printed a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
