@@ -39,8 +39,15 @@ def store_copy(built_store: Path, folder: Path) -> str:
 
 
 def temp_store_size(folder: Path) -> int:
-    temps = list(folder.glob(".mlflow.db.tmp-*"))
-    return max((t.stat().st_size for t in temps if t.exists()), default=-1)
+    """Size of the largest temp store file, -1 when there is none. sqlite's journal comes and goes
+    while we look, so a file that vanishes between glob and stat counts as absent."""
+    sizes = [-1]
+    for temp in folder.glob(".mlflow.db.tmp-*"):
+        try:
+            sizes.append(temp.stat().st_size)
+        except FileNotFoundError:
+            pass
+    return max(sizes)
 
 
 def kill_building(folder: Path, moment) -> bool:
