@@ -46,12 +46,12 @@ def _to_cpu(value):
     return value
 
 
-def _report(trainer: Trainer) -> Report:
+def trainer_report(trainer: Trainer) -> Report:
     metrics, state, grid = report_of(trainer)
     return metrics, _to_cpu(state), grid
 
 
-def _train_group(group: Group) -> list[dict]:
+def train_group(group: Group) -> list[dict]:
     """One epoch of a group's trials, stepped as `trainable.loop.steps_for` chose, written back."""
     return train_epoch(group.pack)
 
@@ -114,7 +114,7 @@ class PackServer:
     async def report(self, trial_id: str) -> Report:
         """(validation metrics, full trainer state on the CPU, sample grid) of this trial."""
         trainer = self.scheduler.member(trial_id).trainer
-        return await asyncio.to_thread(_report, trainer)
+        return await asyncio.to_thread(trainer_report, trainer)
 
     async def leave(self, trial_id: str) -> None:
         self._forget(trial_id)
@@ -143,7 +143,7 @@ class PackServer:
             for group in self.scheduler.take_groups():
                 answers = {t: self.answers.pop(t) for t in group.trial_ids if t in self.answers}
                 try:
-                    results = await asyncio.to_thread(_train_group, group)
+                    results = await asyncio.to_thread(train_group, group)
                     self.packed_steps, self.trial_epochs = self.packed_steps + 1, self.trial_epochs + len(results)
                 except Exception as err:   # the pack's state is unknown now: its trials rejoin
                     for trial_id in group.trial_ids:

@@ -209,8 +209,8 @@ def plain_line(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: flo
 class SweepDisplay:
     """The live table on a terminal, plain periodic lines otherwise; `event` prints one line above."""
 
-    def __init__(self, spec: SweepSpec, out: Console | None = None):
-        self.spec = spec
+    def __init__(self, spec: SweepSpec, out: Console | None = None, plain_every_s: float = PLAIN_EVERY_S):
+        self.spec, self.plain_every_s = spec, plain_every_s
         self.console = out or console
         self.live = self.console.is_terminal
         self._started = time.monotonic()
@@ -236,7 +236,7 @@ class SweepDisplay:
                                   redirect_stdout=True, redirect_stderr=True)
                 self._live.start()
             self._live.update(self._render(rows, now), refresh=True)
-        elif time.monotonic() - self._printed >= PLAIN_EVERY_S:
+        elif time.monotonic() - self._printed >= self.plain_every_s:
             self._printed = time.monotonic()
             print(plain_line(rows, self.spec, elapsed, now), flush=True)
 

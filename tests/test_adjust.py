@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.adjust import (_unclipped_rgb, adjust_to_targets, batch_targets, project_to_gamut, target_error,
+from trainable.adjust import (unclipped_rgb, adjust_to_targets, batch_targets, project_to_gamut, target_error,
                               training_views)
 from trainable.color import image_statistics, lab_normalized_to_rgb, rgb_to_lab_normalized
 from trainable.config import load_config
@@ -80,7 +80,7 @@ def test_unreachable_saturation_stops_at_the_gamut_bound(lab):
     adjusted = adjust_to_targets(lab, {"saturation": 1.0})
     after = own(adjusted, ["saturation"])["saturation"]
     assert (after > before + 0.1).all() and (after <= 1.0).all()
-    rgb = _unclipped_rgb(adjusted)
+    rgb = unclipped_rgb(adjusted)
     assert rgb.min() >= -2e-3 and rgb.max() <= 1 + 2e-3
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sweep.pack_scheduler import PackScheduler
-from sweep.pack_server import _report, _train_group
+from sweep.pack_server import train_group, trainer_report
 from tests.helpers import tiny_config
 from trainable.data import load_data
 from trainable.engine import Trainer
@@ -124,10 +124,10 @@ def test_server_epoch_trains_real_trials_and_their_states_resume_on_the_plain_pa
         packs.ask("a")
         packs.ask("b")
         (group,) = packs.take_groups()
-        losses = _train_group(group)
+        losses = train_group(group)
         assert len(losses) == 2 and losses[0]["loss_g"] != losses[1]["loss_g"]
     assert all(m.pack is group.pack for m in packs.members.values())
-    metrics, state, grid = _report(trainers[1])
+    metrics, state, grid = trainer_report(trainers[1])
     assert state["epoch"] == 2 and state["config"]["loss"]["saturation"]["weight"] == 20.0
     assert grid.dtype.name == "uint8" and "val_control_error" in metrics
     plain = Trainer(configs[1], data)

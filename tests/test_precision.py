@@ -56,7 +56,7 @@ def test_packed_bf16_convolutions_run_in_bf16():
     trainer = Trainer(tiny_config("train.precision=bf16"))
     pack = PackedTrainer([trainer])
     gray = trainer.data.train[:4, :1].unsqueeze(0)
-    assert pack._g(gray).dtype == torch.bfloat16
+    assert pack.generate(gray).dtype == torch.bfloat16
     assert pack.g_params[next(iter(pack.g_params))].dtype == torch.float32      # fp32 master weights
 
 

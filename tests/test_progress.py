@@ -70,9 +70,8 @@ def test_a_trial_stopped_before_its_last_epoch_is_shown_stopped():
 
 
 def test_piped_output_is_plain_lines_without_ansi(capsys):
-    display = SweepDisplay(SPEC, Console(file=io.StringIO(), force_terminal=False))
+    display = SweepDisplay(SPEC, Console(file=io.StringIO(), force_terminal=False), plain_every_s=0)
     assert not display.live
-    display._printed -= 3600                       # as if the last line were long ago
     display.update([running("a1b2c3d4", 1, 5, 10, 10.0)])
     display.event("trial a1b2c3d4 finished: val_control_error 0.1")
     display.close()

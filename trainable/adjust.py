@@ -37,7 +37,7 @@ GRADIENT_NAMES = ("value", "red", "green", "blue", "colorfulness")
 EPS = 1e-12
 
 
-def _unclipped_rgb(lab: torch.Tensor) -> torch.Tensor:
+def unclipped_rgb(lab: torch.Tensor) -> torch.Tensor:
     """Normalized Lab → sRGB without clipping, so out-of-gamut colors show as values outside [0, 1]."""
     raw = torch.cat([l_from_normalized(lab[:, :1]), lab[:, 1:] * AB_SCALE], dim=1)
     return kornia.color.lab_to_rgb(raw, clip=False)

@@ -157,7 +157,7 @@ class PackedTrainer(StepGroup):
             return vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))(params, buffers, x)
         return vmap(lambda p, b, x, c: functional_call(base, (p, b), (x, c)))(params, buffers, x, condition)
 
-    def _g(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def generate(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         return self._call(self.g_base, self._lowered(self.g_params, self.g_norms), self.g_buffers, gray, condition)
 
     def _d(self, pairs: torch.Tensor, params: dict[str, torch.Tensor] | None = None,
@@ -192,7 +192,7 @@ class PackedTrainer(StepGroup):
         drawn, condition, real_condition = self._targets(batch, noise)
         targets = [t for t, _ in drawn]
         l1_ab, real_ab = self._views(batch, drawn)
-        fake_ab = self._g(gray, condition)
+        fake_ab = self.generate(gray, condition)
         d_weights = self._lowered(self.d_params, self.d_norms)        # cast once for both calls
         real_logits = self._d(torch.cat([gray, real_ab], 2), d_weights, real_condition)
         fake_logits = self._d(torch.cat([gray, fake_ab.detach()], 2), d_weights, condition)
