@@ -118,7 +118,8 @@ class ColorizerModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.model = load_model(context.artifacts[GENERATOR])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # pd.DataFrame is a hint MLflow infers no schema from: our signature stays the one we log
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         targets, scale = targets_from(params)
         try:
             for warning in check_targets(self.model, targets):     # outside the training range: runs
