@@ -182,13 +182,15 @@ def fake_official_archive(path: Path, per_batch: int = 4) -> str:
 
 
 def make_smoke_sweep(base: Path) -> Path:
-    """`base/sweeps/smoke` made by one smoke launch, or the finished one already there."""
+    """`base/sweeps/smoke` made by one smoke launch, or the finished one already there; the launch's
+    stdout is kept in `base/launch.stdout`."""
     sweep = base / "sweeps" / "smoke"
     state = sweep / "colorsweep_state.json"
     if not (state.exists() and json.loads(state.read_text())["finished"]):
         base.mkdir(exist_ok=True)
         done = run_launch(base)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (base / "launch.stdout").write_text(done.stdout)
     return sweep
 
 

@@ -16,10 +16,11 @@ from tests.helpers import (SMOKE, assert_complete, iterations, recorded_a_checkp
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_smoke_sweep_end_to_end(tmp_path):
-    done = run_launch(tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "sweep finished: 4 trials" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+def test_smoke_sweep_end_to_end(smoke_sweep_dir):
+    """The session's shared smoke launch (conftest), checked whole; later tests only add to it."""
+    tmp_path = smoke_sweep_dir.parents[1]
+    stdout = (tmp_path / "launch.stdout").read_text()
+    assert "sweep finished: 4 trials" in stdout and "mlflow ui --backend-store-uri" in stdout
     assert_complete(tmp_path, epochs=2)
     run = trial_runs(tmp_path)[0]
     from mlflow.tracking import MlflowClient
@@ -38,7 +39,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_same_command_resumes(tmp_path):
     # epochs of a second or two, so the kill lands mid-sweep
-    sigkill_then_resume(tmp_path, 8, "--set", "data.synthetic_size=1200")
+    sigkill_then_resume(tmp_path, 6, "--set", "data.synthetic_size=800")
 
 
 @pytest.mark.integration
@@ -47,7 +48,7 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
     """On events, not on the machine's speed: Ctrl+C once Tune has recorded a trial's checkpoint
     (130, state saved); a budget that ends before a restored trial can even start (3, state saved);
     then the same command continues from the checkpoints and finishes (0)."""
-    command = ("--set", "train.epochs=6", "--set", "data.synthetic_size=600")
+    command = ("--set", "train.epochs=4", "--set", "data.synthetic_size=400")
     sweep_dir = tmp_path / "sweeps" / "smoke"
     process = start_launch(tmp_path, *command)
     assert wait_until(lambda: recorded_a_checkpoint(sweep_dir), process), \
@@ -68,7 +69,7 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
     assert done.returncode == 0 and "sweep finished: 4 trials" in done.stdout, done.stdout[-3000:]
     assert "finished: val_control_error" in done.stdout          # a resumed sweep shows its progress too
     assert done.stderr == "", done.stderr[-3000:]
-    assert_complete(tmp_path, epochs=6)
+    assert_complete(tmp_path, epochs=4)
     for trial_dir in trial_dirs(sweep_dir):
         after = iterations(trial_dir)[len(before.get(trial_dir.name, [])):]
         if before.get(trial_dir.name) and after:        # continued from its checkpoint, not from 1

@@ -9,36 +9,12 @@ import pytest
 import yaml
 
 from sweep.launch import main
-from tests.helpers import (SMOKE, assert_complete, run_launch, sigkill_then_resume, tiny_config,
-                           trial_dirs, trial_runs)
+from tests.helpers import SMOKE, sigkill_then_resume, tiny_config, trial_dirs, trial_runs
 from trainable.checkpoint import load_checkpoint
 from trainable.config import from_dict, to_dict
 from trainable.engine import Trainer
 
 PACK = ("--set", "pack=2")
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-def test_packed_smoke_sweep_keeps_every_trial_its_own(tmp_path):
-    done = run_launch(tmp_path, *PACK)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "sweep finished: 4 trials" in done.stdout
-    packed = re.search(r"packing: (\d+) trial epochs in (\d+) packed epochs", done.stdout)
-    assert packed and int(packed.group(1)) == 8 and int(packed.group(2)) < 8, done.stdout[-2000:]
-    assert_complete(tmp_path, epochs=2)
-    weights = {r.data.tags["trial_id"]: float(r.data.params["loss.saturation.weight"]) for r in trial_runs(tmp_path)}
-    assert len(set(weights.values())) == 4
-    seen = {}
-    for trial_dir in trial_dirs(tmp_path / "sweeps" / "smoke"):
-        checkpoint = sorted(trial_dir.glob("checkpoint_*"))[-1]
-        assert {"latest.pt", "samples.png", "generator.pt", "report.json"} <= {p.name for p in checkpoint.iterdir()}
-        state = load_checkpoint(checkpoint)
-        trainer = Trainer(from_dict(state["config"]))
-        trainer.load_state_dict(state)
-        assert trainer.epoch == 2
-        seen[trial_dir.name] = trainer.cfg.loss.saturation.weight
-    assert sorted(seen.values()) == sorted(weights.values())    # each checkpoint is its own trial's
 
 
 def test_pack_with_a_searched_shared_key_is_refused(tmp_path, capsys):
@@ -56,9 +32,24 @@ def test_pack_with_a_searched_shared_key_is_refused(tmp_path, capsys):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_packed_sweep_resumes_after_sigkill(tmp_path):
+def test_packed_sweep_resumes_after_sigkill_and_keeps_every_trial_its_own(tmp_path):
     # Packed smoke epochs take a fraction of a second: more of them leave time to kill midway.
-    sigkill_then_resume(tmp_path, 12, *PACK)
+    epochs = 12
+    done = sigkill_then_resume(tmp_path, epochs, *PACK)
+    packed = re.search(r"packing: (\d+) trial epochs in (\d+) packed epochs", done.stdout)
+    assert packed and int(packed.group(2)) < int(packed.group(1)), done.stdout[-2000:]
+    weights = {r.data.tags["trial_id"]: float(r.data.params["loss.saturation.weight"]) for r in trial_runs(tmp_path)}
+    assert len(set(weights.values())) == 4
+    seen = {}
+    for trial_dir in trial_dirs(tmp_path / "sweeps" / "smoke"):
+        checkpoint = sorted(trial_dir.glob("checkpoint_*"))[-1]
+        assert {"latest.pt", "samples.png", "generator.pt", "report.json"} <= {p.name for p in checkpoint.iterdir()}
+        state = load_checkpoint(checkpoint)
+        trainer = Trainer(from_dict(state["config"]))
+        trainer.load_state_dict(state)
+        assert trainer.epoch == epochs
+        seen[trial_dir.name] = trainer.cfg.loss.saturation.weight
+    assert sorted(seen.values()) == sorted(weights.values())    # each checkpoint is its own trial's
 
 
 @pytest.mark.integration
