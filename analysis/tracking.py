@@ -40,9 +40,8 @@ NOTE_TAG = "mlflow.note.content"   # the run description MLflow shows on the run
 STATUS_FROM_MLFLOW = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "KILLED",
                       "RUNNING": "RUNNING", "SCHEDULED": "PENDING"}
 # Tune's bookkeeping fields that are not worth a metric series.
-SKIPPED_RESULT_KEYS = frozenset({"timestamp", "pid", "done", "time_since_restore", "trial_id",
-                                 "iterations_since_restore", "should_checkpoint", "date", "hostname",
-                                 "node_ip", "checkpoint_dir_name"})
+SKIPPED_RESULT_KEYS = frozenset({"timestamp", "pid", "done", "time_since_restore", "trial_id", "date", "hostname",
+                                 "iterations_since_restore", "should_checkpoint", "node_ip", "checkpoint_dir_name"})
 
 
 def metrics_of(result: Mapping) -> dict[str, float]:
@@ -108,16 +107,22 @@ def start_sweep_run(tracking_uri: str, name: str, parent_run_id: str | None) -> 
     ensure_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = experiment_id(client, name)
-    if parent_run_id:
-        try:
-            run = client.get_run(parent_run_id)
-            if run.info.experiment_id == experiment:
-                client.update_run(parent_run_id, status="RUNNING")
-                return experiment, parent_run_id
-        except Exception:  # the store was replaced: start a new parent run below
-            pass
+    if parent_run_id and reopened(client, parent_run_id, experiment):
+        return experiment, parent_run_id
     run = client.create_run(experiment, run_name=name, tags={ROLE: "sweep"})
     return experiment, run.info.run_id
+
+
+def reopened(client: MlflowClient, run_id: str, experiment: str | None = None) -> bool:
+    """Mark the run RUNNING again; False (start a new one) if the store lost it or it is elsewhere."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        return False
+    if experiment is not None and run.info.experiment_id != experiment:
+        return False
+    client.update_run(run_id, status="RUNNING")
+    return True
 
 
 def trial_runs(client: MlflowClient, experiment: str, extra: str = "") -> list:
@@ -129,9 +134,7 @@ class SweepTracker:
     """Logs trials of one sweep under its parent run. Picklable (Tune stores its callbacks)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str):
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}          # trial_id → run_id
         self._last_step: dict[str, float] = {}   # trial_id → last logged step
@@ -265,8 +268,7 @@ def start_final_run(state: SweepState | None, sweep: Sweep, trial_id: str, rank:
     with the sweep, the trial and the trial's own run."""
     ensure_store(resolve_tracking_uri(state.tracking_uri if state else None))
     client = client_for(state)
-    if run_id:
-        client.update_run(run_id, status="RUNNING")
+    if run_id and reopened(client, run_id):
         return run_id
     experiment = experiment_id(client, state.experiment_name if state else sweep.name)
     tags = {ROLE: "final", "final": "true", SWEEP: sweep.name, SWEEP_PATH: str(sweep.path.resolve()),

@@ -18,17 +18,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
+from mlflow.exceptions import MlflowException
 
 from analysis import tracking
 from analysis.load import Sweep, SweepError, load_sweep
+from analysis.store import StoreError
 from analysis.rank import ranked
+from sweep.colorize import write_png
 from sweep.register import register
 from trainable.checkpoint import load_checkpoint
 from trainable.config import Config, ConfigError, apply_overrides, flatten, from_dict, parse_assignment, to_dict
 from trainable.data import load_test_split
 from trainable.datasets import has_test_split
 from trainable.export import ModelError, export_generator
+from trainable.fid import FidError
 from trainable.files import write_text_atomic
 from trainable.layout import (CONFIG_FILE, FINAL_DIR, FINAL_RECORD, GENERATOR, METRICS_FILE, SAMPLES,
                               TEST_METRICS)
@@ -99,12 +102,13 @@ def log_new_epochs(sweep: Sweep, run_id: str, rows: Sequence[dict]) -> None:
 def finish(sweep: Sweep, trainer, directory: Path, run_id: str) -> dict:
     """Test-split metrics (the validation split's when the data has no test split), a sample grid
     and the exported generator, all logged to the run once."""
+    # the model first: a failure while measuring it must not cost the trained generator
+    export_generator(trainer.generator.state_dict(), trainer.cfg, trainer.epoch, directory / GENERATOR)
+    write_png(trainer.sample_grid(8), directory / SAMPLES)
     images = load_test_split(trainer.cfg.data, trainer.device)
     test = trainer.evaluate(images, fid=True)
     test = {f"test_{k.removeprefix('val_')}": v for k, v in test.items()}
     write_text_atomic(directory / TEST_METRICS, json.dumps(test, indent=2) + "\n")
-    Image.fromarray(trainer.sample_grid(8)).save(directory / SAMPLES)
-    export_generator(trainer.generator.state_dict(), trainer.cfg, trainer.epoch, directory / GENERATOR)
     tracking.log_new_steps(sweep.state, run_id, {trainer.epoch: test}, next(iter(test)))
     files = [directory / n for n in (GENERATOR, SAMPLES, TEST_METRICS, CONFIG_FILE)]
     tags = {"colorsweep.epochs": str(trainer.epoch), "colorsweep.evaluated_on": split_name(trainer.cfg)}
@@ -152,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rank and --epochs must be >= 1")
     try:
         test, split = run_final(Path(args.sweep), args.rank, args.epochs, args.sets)
-    except (SweepError, ConfigError, ModelError, ValueError) as err:
+    except (SweepError, ConfigError, ModelError, ValueError, StoreError, FidError, MlflowException) as err:
         print(f"sweep.final: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2
     exported = Path(args.sweep) / FINAL_DIR / GENERATOR

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trainable import layout as sweep_state
-from analysis.store import StoreError
+from analysis.store import StoreError, resolve_tracking_uri
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
+from trainable.config_io import ConfigError
 from trainable.download import DataError
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -55,17 +56,15 @@ def rerun_command(argv: Sequence[str]) -> str:
 def _move_aside(sweep_dir: Path) -> None:
     """--fresh: the old sweep folder and MLflow experiment are renamed, never deleted."""
     from analysis.tracking import move_experiment_aside
-    old = sweep_state.read_state(sweep_dir)
+    try:
+        old = sweep_state.read_state(sweep_dir)
+    except ConfigError:    # a damaged state file must not stop a fresh start: the folder moves aside
+        old = None
     if sweep_dir.exists():
         new_name = sweep_state.aside_name(sweep_dir)
         print(f"--fresh: moved the old sweep to {sweep_state.move_aside(sweep_dir, new_name)}")
         if old and move_experiment_aside(old.tracking_uri, old.experiment_name, new_name):
             print(f"--fresh: renamed the old MLflow experiment to '{new_name}'")
-
-
-def _resolve_uri(uri: str) -> str:
-    from analysis.tracking import resolve_tracking_uri   # imports MLflow: seconds, only when needed
-    return resolve_tracking_uri(uri)
 
 
 def _check_resume(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: str | None):
@@ -79,7 +78,7 @@ def _check_resume(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: s
         if changed:
             raise SpecError(f"{changed} since this sweep started in {sweep_dir}; "
                             f"use the old spec to resume it, or --fresh to start over")
-    if old and tracking_uri and _resolve_uri(tracking_uri) != old.tracking_uri:
+    if old and tracking_uri and resolve_tracking_uri(tracking_uri) != old.tracking_uri:
         raise SpecError(f"--mlflow-uri: this sweep logs to {old.tracking_uri}; resume it there or use --fresh")
     return old
 
@@ -139,21 +138,18 @@ def _start_ray(address: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
-class BudgetTimer:
+class BudgetTimer(threading.Timer):
     """SIGINT to ourselves at the budget: Tune then stops the trials, saves state and returns."""
 
     def __init__(self, seconds: float):
         self.fired = threading.Event()
-        self._timer = threading.Timer(max(1.0, seconds), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        super().__init__(max(1.0, seconds), self._fire)
+        self.daemon = True
+        self.start()
 
     def _fire(self) -> None:
         self.fired.set()
         os.kill(os.getpid(), signal.SIGINT)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
 
 
 def _tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list):
@@ -196,9 +192,13 @@ def _show_packing(server) -> None:
 
 
 def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
-    from analysis.tracking import SweepTracker, resolve_tracking_uri, start_sweep_run
+    from mlflow.exceptions import MlflowException
+    from analysis.tracking import SweepTracker, start_sweep_run
     uri = old.tracking_uri if old else resolve_tracking_uri(mlflow_uri)
-    experiment_id, parent = start_sweep_run(uri, spec.name, old.parent_run_id if old else None)
+    try:
+        experiment_id, parent = start_sweep_run(uri, spec.name, old.parent_run_id if old else None)
+    except MlflowException as err:
+        raise LaunchError(f"MLflow store {uri}: {err.message}") from None
     return SweepTracker(uri, experiment_id, parent), sweep_state.SweepState(False, uri, spec.name, parent)
 
 
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, args.set)
         return _run(spec, Path(args.storage).resolve() / spec.name, args, started, rerun_command(argv))
-    except (SpecError, DataError, StoreError) as err:
+    except (SpecError, ConfigError, DataError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except LaunchError as err:

@@ -39,3 +39,8 @@ def test_evaluate_adds_fid_when_asked_or_due():
         trainer.epoch = 1
         assert ("val_fid" in trainer.evaluate(images)) == expected
     assert {"val_fid", "val_kid"} <= set(Trainer(tiny_config()).evaluate(images, fid=True))
+
+
+def test_one_image_has_no_fid_rather_than_an_error():
+    from trainable.fid import colorization_realism
+    assert colorization_realism(lambda batch: batch, torch.zeros(1, 3, 8, 8)) == {}

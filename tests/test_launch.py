@@ -93,3 +93,13 @@ def test_address_without_token_is_one_clear_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("error: --address: the cluster's token is missing")
     assert len(err.splitlines()) == 1
+
+
+def test_damaged_state_file_is_one_line_before_ray(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / sweep_state.STATE_FILE).write_text('{"finished": fal')
+    code = main([str(SMOKE), "--storage", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert sweep_state.STATE_FILE in err and "--fresh" in err

@@ -163,3 +163,19 @@ def test_rank_of_a_missing_experiment_creates_no_store(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("no MLflow store at" in line for line in err)
     assert os.listdir(tmp_path) == []
+
+
+def test_final_run_recorded_in_a_replaced_store_starts_a_new_one(built_store, tmp_path):
+    """final.json names a run the store no longer holds (the store was replaced): a new final run,
+    not an MLflow traceback."""
+    import pandas as pd
+
+    from analysis.load import Sweep
+    uri = store_copy(built_store, tmp_path)
+    experiment, parent = tracking.start_sweep_run(uri, "sweep", None)
+    sweep = Sweep("sweep", pd.DataFrame(), [], path=tmp_path)
+    run_id = tracking.start_final_run(_state(uri, parent), sweep, "t1", 1, "0" * 32, {"model.width": 0.25})
+    run = MlflowClient(uri).get_run(run_id)
+    assert run_id != "0" * 32 and run.info.experiment_id == experiment and run.info.status == "RUNNING"
+    assert tracking.start_final_run(_state(uri, parent), sweep, "t1", 1, run_id, {}) == run_id
+    assert not tracking.reopened(MlflowClient(uri), parent, experiment="no-such-experiment")

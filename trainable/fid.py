@@ -106,14 +106,6 @@ def fid_kid(fake_features: torch.Tensor, real_features: torch.Tensor) -> dict[st
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
 
 
-def realism_scores(network: InceptionFeatures, fake_rgb: torch.Tensor, real_rgb: torch.Tensor,
-                   batch_size: int = 100) -> dict[str, float]:
-    """FID and KID of colorized against real RGB images (N,3,H,W) in [0, 1]."""
-    def batches(images: torch.Tensor):
-        return (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-    return fid_kid(features_of(network, batches(fake_rgb)), features_of(network, batches(real_rgb)))
-
-
 @functools.lru_cache(maxsize=2)
 def cached_network(device: str) -> InceptionFeatures:
     """One Inception per device and process: loading it takes seconds."""
@@ -123,7 +115,10 @@ def cached_network(device: str) -> InceptionFeatures:
 def colorization_realism(colorize: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                          batch_size: int = 100) -> dict[str, float]:
     """{"val_fid", "val_kid"} of colorize(real Lab batch) → colorized Lab against the real images
-    (normalized Lab); colorize sees the real batch so a conditioned model can take its own targets."""
+    (normalized Lab); colorize sees the real batch so a conditioned model can take its own targets.
+    {} for fewer than two images: both statistics need a covariance."""
+    if len(images) < 2:
+        return {}
     network = cached_network(str(images.device))
     fake, real = [], []
     for start in range(0, len(images), batch_size):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from trainable.config import read_yaml
+from trainable.config import ConfigError, read_yaml
 from trainable.files import write_text_atomic
 
 LATEST = "latest.pt"
@@ -43,8 +43,12 @@ class SweepState:
 
 
 def read_state(sweep_dir: Path) -> SweepState | None:
+    """The sweep's state (None when absent); ConfigError names a damaged file."""
     path = Path(sweep_dir) / STATE_FILE
-    return SweepState(**json.loads(path.read_text())) if path.exists() else None
+    try:
+        return SweepState(**json.loads(path.read_text())) if path.exists() else None
+    except (ValueError, TypeError) as err:      # not JSON, or not our fields
+        raise ConfigError(f"{path}: not a colorsweep state file ({err}); --fresh starts the sweep over") from None
 
 
 def write_state(sweep_dir: Path, state: SweepState) -> None:
