@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.adjust import (unclipped_rgb, adjust_to_targets, batch_targets, project_to_gamut, target_error,
+from trainable.adjust import (adjust_to_targets, batch_targets, project_to_gamut, target_error, unclipped_rgb,
                               training_views)
+from tests.helpers import tiny_config
 from trainable.color import image_statistics, lab_normalized_to_rgb, rgb_to_lab_normalized
 from trainable.config import load_config
 
@@ -125,3 +126,16 @@ def test_batch_targets_of_a_conditioned_batch_keep_hidden_statistics_own():
     targets = batch_targets(load_config(None, ["loss.saturation.weight=5"]).loss, requested, own)
     assert torch.equal(targets["saturation"], torch.tensor([0.7, 0.4]))
     assert torch.equal(targets["hue"], torch.tensor([0.5, 0.9]))
+
+
+def test_reals_replaced_by_adjusted_versions_carry_the_asked_statistics():
+    """data.adjust_fraction's rows are shown to D adjusted to the asked targets, so D's condition for
+    them is the asked one even where the other reals carry their own (loss.control_on=generator)."""
+    from trainable.adjust import real_targets
+    from trainable.condition import Targets
+    asked = Targets(("saturation",), torch.full((4, 1), 0.9), torch.ones(4, 1), torch.zeros(4))
+    own = Targets(("saturation",), torch.full((4, 1), 0.2), torch.ones(4, 1), torch.ones(4))
+    half = tiny_config("data.adjust_fraction=0.5")
+    assert real_targets(half, asked, own).values.flatten().tolist() == pytest.approx([0.9, 0.9, 0.2, 0.2])
+    assert real_targets(tiny_config(), asked, own) is own
+    assert real_targets(tiny_config("loss.control_on=both"), asked, own) is asked

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 import kornia.color
 import torch
@@ -254,6 +255,23 @@ def uses_adjusted(cfg: Config) -> bool:
     return cfg.loss.l1_target == "adjusted" or cfg.loss.control_on != "generator" or cfg.data.adjust_fraction > 0
 
 
+def replaced_rows(cfg: Config, batch_size: int) -> int:
+    """How many of a batch's first images data.adjust_fraction replaces by their adjusted versions."""
+    return round(cfg.data.adjust_fraction * batch_size)
+
+
+def real_targets(cfg: Config, requested: Targets, own: Targets) -> Targets:
+    """The statistics D's real images carry, for its condition: the requested ones where the reals
+    were adjusted to them (loss.control_on=discriminator|both; data.adjust_fraction's rows), else
+    the images' own."""
+    if cfg.loss.control_on != "generator":
+        return requested
+    replaced = replaced_rows(cfg, own.values.shape[0])
+    if not replaced:
+        return own
+    return replace(own, values=torch.cat([requested.values[:replaced], own.values[replaced:]]))
+
+
 def training_views(batch: torch.Tensor, cfg: Config,
                    targets: Mapping[str, torch.Tensor | float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the batch to train on, the ab the L1 term pulls toward, the ab D is shown as real).
@@ -261,11 +279,11 @@ def training_views(batch: torch.Tensor, cfg: Config,
     data.adjust_fraction replaces the batch's first images (batches are drawn in random order, so a
     random share of each epoch) by their adjusted versions; loss.l1_target=adjusted and
     loss.control_on=discriminator|both use the adjusted ab. Without targets nothing changes."""
-    loss_cfg, fraction = cfg.loss, cfg.data.adjust_fraction
+    loss_cfg = cfg.loss
     if not uses_adjusted(cfg) or not targets:
         return batch, batch[:, 1:], batch[:, 1:]
     adjusted = adjust_to_targets(batch.float(), targets).to(batch.dtype)
-    replaced = round(fraction * batch.shape[0])
+    replaced = replaced_rows(cfg, batch.shape[0])
     if replaced:
         batch = torch.cat([adjusted[:replaced], batch[replaced:]])
     l1_ab = adjusted[:, 1:] if loss_cfg.l1_target == "adjusted" else batch[:, 1:]

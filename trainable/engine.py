@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import torch
 
-from trainable.adjust import batch_targets, training_views
+from trainable.adjust import batch_targets, real_targets, training_views
 from trainable.color import lab_normalized_to_rgb, lab_normalized_to_uint8
 from trainable.condition import Conditioning, condition_vector, conditioned_metrics, faithful_condition
 from trainable.config import Config, flatten, from_dict, to_dict
@@ -131,13 +131,12 @@ class Trainer:
         batch = batch.contiguous(memory_format=self.memory_format)   # no copy for load_data's batches
         gray, real_ab = batch[:, :1], batch[:, 1:]
         condition = real_condition = targets = own = None
-        if self.conditioning is not None:    # D sees reals with their own statistics, fakes with the asked
+        if self.conditioning is not None:    # D sees fakes with the asked statistics, reals with theirs
             targets, own = self.conditioning.draw(batch, noise)
-            condition, real_condition = condition_vector(targets), condition_vector(own)
+            condition = condition_vector(targets)
+            real_condition = condition_vector(real_targets(self.cfg, targets, own))
         # issue 12: adjusted images in the batch, as the L1 target and/or as D's reals (then with the asked c)
         batch, l1_ab, real_ab = training_views(batch, self.cfg, batch_targets(self.cfg.loss, targets, own))
-        if targets is not None and self.cfg.loss.control_on != "generator":
-            real_condition = condition
         with self._autocast():
             fake_ab = self.generator(gray, condition)
             real_logits = self.discriminator(torch.cat([gray, real_ab], 1), real_condition)

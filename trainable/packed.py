@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from trainable.adjust import batch_targets, training_views, uses_adjusted
+from trainable.adjust import batch_targets, real_targets, training_views, uses_adjusted
 from trainable.color import lab_normalized_to_rgb
 from trainable.condition import condition_vector
 from trainable.config import Config, flatten, to_dict
@@ -171,8 +171,7 @@ class PackedTrainer(StepGroup):
         if noise is None:
             return [(None, None)] * len(self.trainers), None, None
         drawn = [t.conditioning.draw(batch[k], noise[k]) for k, t in enumerate(self.trainers)]
-        reals = [targets if t.cfg.loss.control_on != "generator" else own
-                 for (targets, own), t in zip(drawn, self.trainers)]
+        reals = [real_targets(t.cfg, targets, own) for (targets, own), t in zip(drawn, self.trainers)]
         return (drawn, torch.stack([condition_vector(t) for t, _ in drawn]),
                 torch.stack([condition_vector(real) for real in reals]))
 
