@@ -73,12 +73,15 @@ def _holds_runs(path: Path) -> bool:
 
 
 def _remove_dead_temps(path: Path) -> None:
-    """Temp stores of builders that were killed (their pid is gone)."""
+    """Temp stores of builders that were killed (their pid is gone), with sqlite's side files
+    (`.tmp-<pid>-journal`): the pid is the number right after `.tmp-`."""
     for temp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = temp.name.rsplit("-", 1)[-1]
+        pid = temp.name.removeprefix(f".{path.name}.tmp-").split("-", 1)[0]
+        if not pid.isdigit():
+            continue
         try:
             os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
+        except ProcessLookupError:
             temp.unlink(missing_ok=True)
         except PermissionError:   # alive, someone else's
             pass

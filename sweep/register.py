@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+from analysis.store import StoreError, ensure_store, resolve_tracking_uri
 from sweep.colorize import load_model
 from sweep.serving import GENERATOR, describe, input_example, signature
 from trainable.export import ModelError
@@ -70,6 +71,8 @@ def register(generator: str | Path, name: str, tracking_uri: str | None = None,
     generator = Path(generator)
     if not generator.is_file():
         raise ModelError(f"{generator}: not a file; register takes an exported generator.pt")
+    tracking_uri = resolve_tracking_uri(tracking_uri)       # a relative sqlite path made absolute
+    ensure_store(tracking_uri)                             # a new store built the kill-safe way
     client = MlflowClient(tracking_uri)
     if run_id:
         done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
@@ -95,13 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="registered model name (a new version each time)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking store (default: MLflow's, MLFLOW_TRACKING_URI)")
     args = parser.parse_args(argv)
-    if not args.name.strip():
-        parser.error("--name must not be empty")
+    if not args.name.strip() or "'" in args.name:
+        parser.error("--name must not be empty or hold a quote (')")
     try:
         version, uri = register(args.model, args.name, args.mlflow_uri)
-    except ModelError as err:
+    except (ModelError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except MlflowException as err:
+        print(f"error: MLflow: {err.message}", file=sys.stderr)
+        return 1
     print(f"registered {args.model} as {uri}")
     print(f"serve it: mlflow models serve -m {uri} --env-manager local --host 127.0.0.1 --port 5001")
     return 0

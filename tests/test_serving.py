@@ -103,6 +103,11 @@ def test_register_adds_a_version_each_time_and_the_page_opens_it(models, tmp_pat
     assert register.main([str(tmp_path / "mlflow.db"), "--name", "x", "--mlflow-uri", uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mlflow.db" in err[0] and "not a colorsweep model" in err[0]
+    with pytest.raises(SystemExit) as refused:        # a quote would break MLflow's search filter
+        register.main([str(exported["film"]), "--name", "it's", "--mlflow-uri", uri])
+    assert refused.value.code == 2 and "--name" in capsys.readouterr().err
+    relative = register.register(exported["fixed"], "elsewhere", "sqlite:///relative.db")[1]
+    assert relative == "models:/elsewhere/1" and (tmp_path / "relative.db").is_file()
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:

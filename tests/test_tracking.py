@@ -179,3 +179,18 @@ def test_final_run_recorded_in_a_replaced_store_starts_a_new_one(built_store, tm
     assert run_id != "0" * 32 and run.info.experiment_id == experiment and run.info.status == "RUNNING"
     assert tracking.start_final_run(_state(uri, parent), sweep, "t1", 1, run_id, {}) == run_id
     assert not tracking.reopened(MlflowClient(uri), parent, experiment="no-such-experiment")
+
+
+def test_building_a_store_removes_only_dead_builders_temps(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()                                                   # its pid is free now
+    dead = [tmp_path / f".mlflow.db.tmp-{finished.pid}{side}" for side in ("", "-journal")]
+    builder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    alive = tmp_path / f".mlflow.db.tmp-{builder.pid}-journal"        # a live builder's sqlite journal
+    try:
+        for path in (*dead, alive):
+            path.write_bytes(b"x")
+        ensure_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert alive.exists() and not any(path.exists() for path in dead)
+    finally:
+        builder.communicate(b"")
