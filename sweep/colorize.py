@@ -226,6 +226,16 @@ def output_paths(files: list[tuple[Path, Path]], out: Path, one_file: bool) -> l
     return [out / name for name in names]
 
 
+def check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a device; cpu or cuda") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sweep.colorize", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="exported generator file or checkpoint folder")
@@ -267,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         strip = parse_strip(args.strip) if args.strip else None
         if strip and getattr(args, strip[0]) is not None:
             raise InputError(f"--strip {strip[0]} and --{strip[0]} both set; give one")
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, check_device(args.device))
         wanted = {n: getattr(args, n) for n in CONTROL_NAMES if getattr(args, n) is not None}
         asked = [{**wanted, strip[0]: v} for v in strip[1]] if strip else [wanted]
         warnings = list(dict.fromkeys(w for targets in asked for w in check_targets(model, targets)))

@@ -64,9 +64,11 @@ def test_keeps_the_input_lightness(trained, tmp_path):
     assert difference < 8, difference           # L kept up to gamut clipping of an untrained net's ab
 
 
-@pytest.mark.parametrize("case", ["missing", "not_image", "not_model", "other_layout"])
+@pytest.mark.parametrize("case", ["missing", "not_image", "not_model", "other_layout", "no_such_device"])
 def test_bad_inputs_fail_with_one_line_and_write_nothing(trained, tmp_path, case, capsys):
-    model, source = trained / "generator.pt", _image(tmp_path / "ok.png")
+    model, source, flags = trained / "generator.pt", _image(tmp_path / "ok.png"), []
+    if case == "no_such_device":
+        flags = ["--device", "cuda:99" if torch.cuda.is_available() else "cuda"]
     if case == "missing":
         source = tmp_path / "nothere.jpg"
     elif case == "not_image":
@@ -79,7 +81,7 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(trained, tmp_path, case
         payload["config"]["model"]["width"] = 0.25
         model = tmp_path / "other.pt"
         atomic_torch_save(payload, model)
-    assert main([str(model), str(source), "-o", str(tmp_path / "out.png")]) == 2
+    assert main([str(model), str(source), "-o", str(tmp_path / "out.png"), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert not (tmp_path / "out.png").exists()
