@@ -64,6 +64,16 @@ def test_cli_trains_then_continues_with_more_epochs(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint")["epoch"] == 2
 
 
+def test_a_torn_last_metrics_line_does_not_block_the_resume(tmp_path):
+    base = [f"--set={o}" for o in TINY] + ["--checkpoints-path", str(tmp_path), "--no-progress"]
+    assert main(base + ["--epochs", "1"]) == 0
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 2, "val_l1": 0.')              # a kill during the next append
+    assert main(base + ["--epochs", "2"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
     save_checkpoint(tmp_path, {"epoch": 1, "weights": torch.ones(3)})
     save_checkpoint(tmp_path, {"epoch": 2, "weights": torch.ones(3)})

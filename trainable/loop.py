@@ -109,16 +109,20 @@ def run_epochs(run, sink: Callable[[dict, dict, np.ndarray], None], epochs: int,
 
 
 def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of metrics.jsonl; a torn last line (a kill during its append) is left out."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = [json.loads(line) for line in lines[:-1]]
+    try:
+        return rows + [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        return rows
 
 
 def _trim_metrics(path: Path, last_epoch: int) -> None:
-    rows = read_metrics(path)
-    kept = [row for row in rows if row["epoch"] <= last_epoch]
-    if len(kept) != len(rows):
-        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+    """Keep the rows up to the checkpoint's epoch (later ones are trained again), torn lines dropped."""
+    text = "".join(json.dumps(row) + "\n" for row in read_metrics(path) if row["epoch"] <= last_epoch)
+    if path.exists() and path.read_text() != text:
+        write_text_atomic(path, text)
 
 
 def summary_line(row: dict, seconds: float, epochs: int) -> str:
