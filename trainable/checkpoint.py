@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 
 from trainable.files import replacing, write_atomic
-
-LATEST = "latest.pt"
-PREVIOUS = "previous.pt"
+from trainable.layout import LATEST, PREVIOUS
 
 
 class CheckpointError(RuntimeError):

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from trainable.checkpoint import LATEST, CheckpointError, atomic_torch_save, load_checkpoint, safe_load
+from trainable.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, safe_load
 from trainable.config import Config, ConfigError, from_dict, to_dict
 from trainable.engine import STATE_FORMAT
+from trainable.layout import GENERATOR, LATEST, PREVIOUS
 from trainable.models import Generator, build_generator
 
 EXPORT_FORMAT = "colorsweep-generator"
@@ -46,13 +47,13 @@ def export_generator(weights: dict[str, torch.Tensor], cfg: Config, epoch: int, 
 def _read_payload(path: Path) -> dict:
     if path.is_dir():
         for folder in (path, path / "checkpoint"):
-            if (folder / LATEST).exists() or (folder / "previous.pt").exists():
+            if (folder / LATEST).exists() or (folder / PREVIOUS).exists():
                 try:
                     return load_checkpoint(folder)
                 except CheckpointError as err:
                     raise ModelError(str(err)) from None
-        if (path / "generator.pt").exists():
-            return _read_payload(path / "generator.pt")
+        if (path / GENERATOR).exists():
+            return _read_payload(path / GENERATOR)
         raise ModelError(f"{path}: no checkpoint (latest.pt) or generator.pt in this folder")
     if not path.exists():
         raise ModelError(f"{path}: no such model file")
