@@ -53,8 +53,12 @@ def strip_targets(model: ColorModel, targets: dict, name: str) -> list[dict]:
     return [{**targets, name: float(v)} for v in np.linspace(low, high, STRIP_POINTS)]
 
 
+_DOWNLOADS = tempfile.TemporaryDirectory(prefix="colorsweep-app-")   # removed when the page stops
+
+
 def write_download(image: np.ndarray) -> str:
-    handle, path = tempfile.mkstemp(prefix="colorized-", suffix=".png")
+    """The PNG offered for download; Gradio copies it into its cache, ours goes at exit."""
+    handle, path = tempfile.mkstemp(prefix="colorized-", suffix=".png", dir=_DOWNLOADS.name)
     with os.fdopen(handle, "wb") as out:
         Image.fromarray(image).save(out, format="PNG")
     return path
