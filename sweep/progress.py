@@ -59,10 +59,17 @@ def state_of(row: dict) -> str:
     return "stopped" if state == "done" and row["epoch"] < row["epochs"] else state
 
 
+def trained(row: dict) -> int:
+    """Epochs the trial has finished: its last report's count, or its progress file's when newer
+    (with report_every > 1 a trial trains epochs between reports)."""
+    live = row.get("live")
+    return max(row["epoch"], live["epoch"] - 1) if live and state_of(row) == "running" else row["epoch"]
+
+
 def _in_epoch(row: dict) -> float:
     """Share of the epoch in progress already trained (0 when none is known)."""
     live = row.get("live")
-    if state_of(row) != "running" or not live or live["epoch"] != row["epoch"] + 1 or not live["steps"]:
+    if state_of(row) != "running" or not live or live["epoch"] != trained(row) + 1 or not live["steps"]:
         return 0.0
     return live["step"] / live["steps"]
 
@@ -85,7 +92,7 @@ def eta_seconds(rows: Sequence[dict], spec: SweepSpec, now: float) -> float | No
         return None
     open_rows = [r for r in rows if state_of(r) not in FINISHED]
     unseen = max(0, spec.num_samples - len(rows))
-    epochs_left = sum(max(0.0, r["epochs"] - r["epoch"] - _in_epoch(r)) for r in open_rows)
+    epochs_left = sum(max(0.0, r["epochs"] - trained(r) - _in_epoch(r)) for r in open_rows)
     epochs_left += unseen * spec.config.train.epochs
     at_once = max(1, min(spec.max_concurrent, len(open_rows) + unseen))
     return epochs_left * per_epoch / at_once
@@ -122,7 +129,7 @@ def best_line(rows: Sequence[dict], objectives: Sequence[Objective]) -> str:
 
 def _epoch_cell(row: dict, bar: bool) -> str:
     """'3/30', and for a running trial its share of the epoch in progress: a bar, or just '45%'."""
-    cell = f"{row['epoch']}/{row['epochs']}"
+    cell = f"{trained(row)}/{row['epochs']}"
     if state_of(row) != "running" or not row.get("live"):
         return cell
     share = _in_epoch(row)
@@ -198,7 +205,7 @@ def ordered(rows: Sequence[dict], objectives: Sequence[Objective]) -> list[dict]
 
 
 def plain_line(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: float) -> str:
-    running = [f"{r['trial']} {r['epoch'] + _in_epoch(r):.1f}/{r['epochs']}" for r in rows
+    running = [f"{r['trial']} {trained(r) + _in_epoch(r):.1f}/{r['epochs']}" for r in rows
                if state_of(r) == "running"]
     text = f"[{clock(elapsed_s)}] {headline(rows, spec, elapsed_s, now).split(': ', 1)[1]}"
     if running:

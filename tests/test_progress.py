@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import re
 import time
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
 
 from sweep.launch import outcome, rerun_command
-from sweep.progress import SweepDisplay, eta_seconds, plain_line, state_of, trial_table
+from sweep.progress import SweepDisplay, eta_seconds, plain_line, state_of, trained, trial_table
 from sweep.spec import parse_spec
 
 SPEC = parse_spec({
@@ -103,3 +104,14 @@ def test_exit_status_for_every_ending(statuses, budget_hit, code, words):
     assert status == code and words in line
     if code:
         assert line.endswith(RERUN)
+
+
+def test_epochs_trained_between_reports_count():
+    """report_every 2: the last report says epoch 2, the trial's progress file says it is in epoch 4
+    at half its steps; the cell, the plain line and the ETA count 3.5 epochs trained, not 2."""
+    live = {"epoch": 4, "epochs": 5, "step": 5, "steps": 10, "epoch_started": time.time() - 1.0,
+            "epoch_seconds": 10.0}
+    between = row("a", "RUNNING", 2, live, val_control_error=0.2, val_realism_abhist=0.3)
+    assert trained(between) == 3
+    assert plain_line([between], SPEC, 5.0, time.time()).split(" | epochs: ")[1].startswith("a 3.5/5")
+    assert eta_seconds([between], replace(SPEC, num_samples=1), time.time()) == pytest.approx(1.5 * 10.0)
