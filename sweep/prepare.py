@@ -79,15 +79,16 @@ def _measure(cfg: Config, images: np.ndarray) -> tuple[float, float]:
 
 def _trial_seconds(cfg: Config, images: np.ndarray) -> tuple[float, float, int, int]:
     """(seconds per trial, seconds per step, steps per epoch, training images) of cfg on images."""
-    val_count = min(len(images) - 1, max(1, round(cfg.data.val_fraction * len(images))))
+    from trainable.data import val_count
+    val = val_count(len(images), cfg.data.val_fraction)
+    train_count = len(images) - val
     if cfg.data.val_limit:
-        val_count = min(val_count, cfg.data.val_limit)
-    train_count = len(images) - val_count
+        val = min(val, cfg.data.val_limit)
     if cfg.data.train_limit:
         train_count = min(train_count, cfg.data.train_limit)
     steps = max(1, train_count // cfg.train.batch_size)
     step_s, eval_image_s = _measure(cfg, images)
-    return (step_s * steps + eval_image_s * val_count) * cfg.train.epochs, step_s, steps, train_count
+    return (step_s * steps + eval_image_s * val) * cfg.train.epochs, step_s, steps, train_count
 
 
 def cpu_estimate(spec, images: np.ndarray, cpus: float) -> str:

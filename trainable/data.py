@@ -56,13 +56,18 @@ def _colored_lab(images: np.ndarray, device: torch.device | str, where: str) -> 
     return colored
 
 
+def val_count(count: int, val_fraction: float) -> int:
+    """round(val_fraction · count) images to validation, at least 1 and at most count − 1."""
+    return min(count - 1, max(1, round(val_fraction * count)))
+
+
 def split_indices(count: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) index tensors: a permutation of range(count) seeded by split_seed, its first
-    round(val_fraction · count) (at least 1, at most count − 1) to validation."""
+    val_count to validation."""
     generator = torch.Generator().manual_seed(split_seed)
     order = torch.randperm(count, generator=generator)
-    val_count = min(count - 1, max(1, round(val_fraction * count)))
-    return order[val_count:], order[:val_count]
+    val = val_count(count, val_fraction)
+    return order[val:], order[:val]
 
 
 def _take(lab: torch.Tensor, indices: torch.Tensor, limit: int) -> torch.Tensor:
