@@ -77,6 +77,13 @@ class PackScheduler:
         """Members of this round that have not asked yet."""
         return [t for t in self.members if t not in self.waiting]
 
+    def trained(self, trial_ids: tuple[str, ...]) -> None:
+        """A group's epoch just ended: its members were busy, not silent, however long it took."""
+        now = self.clock()
+        for trial_id in trial_ids:
+            if trial_id in self.members:
+                self.members[trial_id].last_seen = now
+
     def drop_stale(self) -> list[str]:
         now = self.clock()
         stale = [t for t, m in self.members.items() if t not in self.waiting and now - m.last_seen > self.stale_s]

@@ -144,6 +144,7 @@ class PackServer:
                 answers = {t: self.answers.pop(t) for t in group.trial_ids if t in self.answers}
                 try:
                     results = await asyncio.to_thread(train_group, group)
+                    self.scheduler.trained(group.trial_ids)
                     self.packed_steps, self.trial_epochs = self.packed_steps + 1, self.trial_epochs + len(results)
                 except Exception as err:   # the pack's state is unknown now: its trials rejoin
                     for trial_id in group.trial_ids:

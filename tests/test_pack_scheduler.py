@@ -136,3 +136,19 @@ def test_server_epoch_trains_real_trials_and_their_states_resume_on_the_plain_pa
                                                  trainers[1].generator.state_dict().values()))
     running_mean = next(v for k, v in state["generator"].items() if k.endswith("running_mean"))
     assert running_mean.abs().sum() > 0       # BatchNorm statistics moved: trained in train mode
+
+
+def test_trials_that_trained_longer_than_stale_s_are_not_dropped():
+    """Groups of a round train one after another; the last group's epoch may end more than stale_s
+    after its trials asked. They were busy, not silent: the server marks them seen when it ends."""
+    clock = Clock()
+    packs, _ = scheduler(1, clock)
+    for trial_id in "ab":
+        packs.join(trial_id, FakeTrainer())
+        packs.ask(trial_id)
+    for group in packs.take_groups():
+        clock.now += 200                          # each group's epoch takes 200 s; stale_s is 300
+        packs.trained(group.trial_ids)
+    assert packs.drop_stale() == []
+    clock.now += 301                              # silent for longer than stale_s after that: dropped
+    assert sorted(packs.drop_stale()) == ["a", "b"]
