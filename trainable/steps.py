@@ -85,7 +85,7 @@ class StepGroup:
 def _owns(trainer: Trainer, key: str, value: float) -> bool:
     """False for the NaN a packed step puts where this trainer has no such loss."""
     return not (math.isnan(value) and key.startswith("control_")
-                and key.removeprefix("control_") not in trainer.cfg.loss.controlled())
+                and key.removeprefix("control_") not in trainer.cfg.loss.generator_controls())
 
 
 class EagerStep(StepGroup):
