@@ -75,14 +75,16 @@ def parse_duration(key: str, value: object) -> float | None:
     match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*", str(value))
     need(key, bool(match) and any(match.groups()), f"expected a duration like 11h30m, got {value!r}")
     hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return float(hours * 3600 + minutes * 60 + seconds)
+    return float(hours * 3600 + minutes * 60 + seconds) or None      # "0h" is no budget too
 
 
-def _pack(raw: object, space: Mapping[str, Distribution], max_concurrent: int) -> int:
+def _pack(raw: object, space: Mapping[str, Distribution], max_concurrent: int, cfg: Config) -> int:
     """Packed trials share one model layout, batch and data: those keys cannot be searched."""
     pack = _int("pack", 1 if raw is None else raw, 1)
     need("pack", pack <= max_concurrent, f"must be <= max_concurrent ({max_concurrent}), got {pack}")
     if pack > 1:
+        need("config.train.precision", cfg.train.precision != "fp16",
+             "fp16 cannot be packed (a packed step has no loss scaler); use bf16, or pack: 1")
         for key in space:
             shared = [k for k in SHARED_KEYS if key == k or key.startswith(f"{k}.")]
             need(f"space.{key}", not shared, f"cannot be searched with pack > 1 (trials in one pack "
@@ -140,7 +142,8 @@ def _scheduler(raw: object) -> tuple[str, int]:
 
 def _base_config(raw: Mapping) -> Config:
     overrides = raw.get("overrides") or {}
-    need("overrides", isinstance(overrides, Mapping), "expected a mapping of dotted keys")
+    need("overrides", isinstance(overrides, Mapping) and all(isinstance(k, str) for k in overrides),
+         "expected a mapping of dotted keys")
     base = config_error_to_spec(lambda: from_dict(raw.get("config") or {}), "config.")
     return config_error_to_spec(lambda: apply_overrides(base, overrides), "overrides.")
 
@@ -221,7 +224,7 @@ def parse_spec(raw: Mapping, sets: Sequence[str] = (), base: Path | None = None)
         max_concurrent=max_concurrent,
         report_every=_int("report_every", raw.get("report_every", 1), 1),
         time_budget_s=parse_duration("time_budget", raw.get("time_budget")),
-        pack=_pack(raw.get("pack"), space, max_concurrent),
+        pack=_pack(raw.get("pack"), space, max_concurrent, config),
     )
 
 

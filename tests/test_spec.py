@@ -50,13 +50,16 @@ def test_fixed_entries_go_to_the_base_config():
     assert spec.trial_config({"loss.saturation.weight": 3.0}).loss.saturation.weight == 3.0
 
 
-@pytest.mark.parametrize("text, seconds", [("11h30m", 41400), ("90m", 5400), ("45s", 45), (600, 600)])
+@pytest.mark.parametrize("text, seconds", [("11h30m", 41400), ("90m", 5400), ("45s", 45), (600, 600), ("0h", None),
+                                           (0, None)])
 def test_durations(text, seconds):
     assert parse_duration("time_budget", text) == seconds
 
 
 @pytest.mark.parametrize("changes, key", [
     ({"colour": 1}, "colour:"),
+    ({"overrides": {1: 2}}, "overrides:"),
+    ({"overrides": {"train.precision": "fp16"}, "pack": 2}, "config.train.precision:"),
     ({"space": {"loss.saturation.weight": {"type": "gaussian", "low": 1, "high": 2}}},
      "space.loss.saturation.weight.type:"),
     ({"space": {"loss.saturation.target": {"type": "uniform", "low": 0.9, "high": 0.1}}},
