@@ -19,10 +19,11 @@ import pandas as pd  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
 from analysis.load import Sweep  # noqa: E402
+from trainable.files import write_atomic  # noqa: E402
 
 
 def save(figure: plt.Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
     plt.close(figure)
     return path
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from analysis.load import Sweep, SweepError, open_sweep
 from analysis.pareto import rank_table
+from trainable.files import write_text_atomic
 
 SHOWN_METRICS = ("val_colorfulness_ratio", "val_pixel_acc_5", "val_psnr")
 
@@ -74,12 +75,11 @@ def render_table(sweep: Sweep, table: pd.DataFrame, top: int | None) -> Table:
 
 def export(table: pd.DataFrame, csv: str | None, json: str | None) -> list[str]:
     written = []
-    if csv:
-        table.to_csv(csv, index=False)
-        written.append(csv)
-    if json:
-        table.to_json(json, orient="records", indent=1)
-        written.append(json)
+    for path, text in ((csv, lambda: table.to_csv(index=False)),
+                       (json, lambda: table.to_json(orient="records", indent=1))):
+        if path:
+            write_text_atomic(path, text())
+            written.append(path)
     return written
 
 
@@ -103,14 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sweep = open_sweep(args.sweep, args.objective, args.mlflow_uri)
         table = ranked(sweep)
-    except (SweepError, KeyError, ValueError) as err:
+        written = export(table, args.csv, args.json)
+    except (SweepError, KeyError, ValueError, OSError) as err:
         print(f"analysis.rank: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2
     console = Console() if sys.stdout.isatty() else Console(width=240)  # piped: do not cut columns
     console.print(render_table(sweep, table, args.top))
     counts = table["status"].value_counts().to_dict()
     console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    for path in export(table, args.csv, args.json):
+    for path in written:
         console.print(f"wrote {path}")
     return 0
 

@@ -23,6 +23,7 @@ from analysis.importance import build_study, common_epoch_rows, importance_summa
 from analysis.load import Sweep, SweepError, open_sweep
 from analysis.rank import cell, columns_shown, param_label, ranked
 from analysis.tracking import log_report
+from trainable.files import write_text_atomic
 
 RANK_RULE = ("Rank: finished trials only; first by Pareto layer (non-dominated sorting over the "
              "objectives, 1 = front), then by the mean of the per-objective min–max normalized "
@@ -102,7 +103,7 @@ def write_report(sweep: Sweep, out: Path, top: int = 4, images: int = 8) -> list
             for name, caption, figure in figures]
     basis = (f"over {len(compared.trials)} finished and early-stopped trials at epoch {epoch}, the last "
              "epoch all of them reported" if epoch is not None else f"over {len(compared.trials)} finished trials")
-    out.write_text(render(sweep, table, pngs, [f"fANOVA {basis}:"] + importance_summary(importances)))
+    write_text_atomic(out, render(sweep, table, pngs, [f"fANOVA {basis}:"] + importance_summary(importances)))
     return [out] + [path for _, path in pngs]
 
 
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep = open_sweep(args.sweep, args.objective, args.mlflow_uri)
         default = (sweep.path or Path(".")) / "report.html"
         written = write_report(sweep, Path(args.output) if args.output else default, args.top, args.images)
-    except (SweepError, KeyError, ValueError) as err:
+    except (SweepError, KeyError, ValueError, OSError) as err:
         print(f"analysis.report: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2
     run_id = None if args.no_mlflow else log_report(sweep.state, written)

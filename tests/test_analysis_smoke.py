@@ -58,6 +58,15 @@ def test_rank_cli_bad_objective_is_one_line(sweep_dir, capsys):
     assert len(err) == 1 and "val_nope" in err[0]
 
 
+def test_unwritable_outputs_are_one_line(sweep_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert rank.main([str(sweep_dir), "--csv", str(blocker / "ranking.csv")]) == 2
+    assert report.main([str(sweep_dir), "-o", str(blocker / "report.html"), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(str(blocker) in line for line in err), err
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
