@@ -20,7 +20,7 @@ from pathlib import Path
 from analysis.pareto import DEFAULT_OBJECTIVES, MODES, Objective
 from trainable.config import (Config, ConfigError, apply_overrides, flatten, from_dict, parse_assignment,
                               read_yaml, to_dict)
-from trainable.names import SHARED_KEYS, metric_names
+from trainable.names import SHARED_KEYS, metric_names_of
 from sweep.space import (Distribution, SpecError, check_mapping, config_error_to_spec, distribution_dict,
                          need, parse_space, probe_config)
 
@@ -96,7 +96,7 @@ def _objectives(raw: object, cfg: Config) -> tuple[Objective, ...]:
     if raw is None:
         raw = [{"metric": o.metric, "mode": o.mode} for o in DEFAULT_OBJECTIVES]
     need("objectives", isinstance(raw, list) and len(raw) > 0, "expected a non-empty list")
-    reported = set(_metric_names(cfg))
+    reported = set(metric_names_of(cfg))
     objectives = []
     for i, entry in enumerate(raw):
         key = f"objectives[{i}]"
@@ -108,10 +108,6 @@ def _objectives(raw: object, cfg: Config) -> tuple[Objective, ...]:
         objectives.append(Objective(metric, mode))
     need("objectives", len({o.metric for o in objectives}) == len(objectives), "a metric is listed twice")
     return tuple(objectives)
-
-
-def _metric_names(cfg: Config) -> list[str]:
-    return metric_names(cfg.loss.controlled(), tuple(cfg.loss.conditioned()))
 
 
 def _sampler(raw: object, space: Mapping[str, Distribution], objectives) -> tuple[str, int | None]:

@@ -11,7 +11,8 @@ from tests.helpers import tiny_config
 from trainable.color import image_statistics, lab_normalized_to_rgb, lab_normalized_to_uint8
 from trainable.condition import condition_vector, fixed_targets
 from trainable.data import ColorData, load_data
-from trainable.engine import Trainer, metric_names
+from trainable.engine import Trainer
+from trainable.names import metric_names_of
 from trainable.export import export_generator
 from trainable.loop import run_training, train_epoch
 from trainable.packed import PackedTrainer
@@ -36,7 +37,7 @@ def test_short_training_moves_saturation_with_the_asked_target():
     assert float(high.mean() - low.mean()) > 0.1, (low.mean(), high.mean())    # 0.18 seen here
     assert float((high > low).float().mean()) > 0.9
     metrics = trainer.evaluate()
-    assert set(metric_names(cfg)) <= set(metrics)
+    assert set(metric_names_of(cfg)) <= set(metrics)
     assert metrics["val_control_monotonic_saturation"] > 0.5
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config
-from trainable.engine import Trainer, metric_names
+from trainable.engine import Trainer
+from trainable.names import metric_names_of
 from trainable.loop import read_metrics, run_training, train_epoch
 
 
@@ -27,7 +28,7 @@ def test_train_epoch_reports_losses_and_steps():
 def test_evaluate_reports_every_named_metric():
     cfg = tiny_config("loss.saturation.weight=5", "loss.hue.weight=1", "loss.hue.target=0.95")
     metrics = Trainer(cfg).evaluate()
-    assert sorted(metrics) == sorted(metric_names(cfg))
+    assert sorted(metrics) == sorted(metric_names_of(cfg))
     assert 0 <= metrics["val_realism_abhist"] <= 1
     assert 0 <= metrics["val_hue"] < 1
     assert metrics["val_control_error_hue"] <= 0.5

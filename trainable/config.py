@@ -18,7 +18,6 @@ from trainable.config_io import (  # noqa: F401
     flatten,
     parse_assignment,
     read_yaml,
-    yaml_problem,
 )
 
 CONTROL_NAMES = ("saturation", "value", "hue", "red", "green", "blue", "colorfulness")

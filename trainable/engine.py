@@ -20,7 +20,6 @@ from trainable.data import ColorData, load_data
 from trainable.losses import discriminator_loss, generator_loss
 from trainable.metrics import MetricAccumulator
 from trainable.models import build_models
-from trainable.names import metric_names as _metric_names
 from trainable.schedule import LrSchedule
 
 STATE_FORMAT = "colorsweep-trainer"
@@ -36,11 +35,6 @@ _INIT_LOCK = threading.Lock()
 def full_precision(x: torch.Tensor) -> torch.Tensor:
     """Autocast's half tensors back to fp32 for losses and color math; fp32/fp64 pass through."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def metric_names(cfg: Config) -> list[str]:
-    """Every metric name `Trainer.evaluate` reports for this config."""
-    return _metric_names(cfg.loss.controlled(), tuple(cfg.loss.conditioned()))
 
 
 def resolve_device(name: str) -> torch.device:

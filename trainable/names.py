@@ -22,3 +22,8 @@ def metric_names(controlled: Mapping[str, ControlConfig], conditioned: Sequence[
         names += [f"val_control_error_{name}", f"val_control_error_{name}_batch", f"val_control_monotonic_{name}"]
     names += [f"val_pixel_acc_{t}" for t in PIXEL_ACC_THRESHOLDS]
     return names + ["val_psnr", "val_l1", "val_realism_abhist", "val_hue_js", "val_colorfulness_ratio"]
+
+
+def metric_names_of(cfg) -> list[str]:
+    """Every metric name `Trainer.evaluate` reports for this config (a trainable.config.Config)."""
+    return metric_names(cfg.loss.controlled(), tuple(cfg.loss.conditioned()))
