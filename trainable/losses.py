@@ -1,8 +1,9 @@
 """Pure GAN losses: each function takes tensors and config and returns a dict of named scalars.
 
-Discriminator: BCE-with-logits with one-sided label smoothing. Generator: non-saturating adversarial
-BCE + λ_L1·L1(ab) + Σ_p λ_p·|batch mean of per-image p(G(L)) − σ_p| over the controlled statistics
-(hue by the shortest arc). Nothing is stored: the trainer decides what to log and what to step.
+Discriminator: BCE-with-logits with one-sided label smoothing. Generator: loss.adversarial_weight ×
+non-saturating adversarial BCE + λ_L1·L1(ab) + Σ_p λ_p·|batch mean of per-image p(G(L)) − σ_p| over
+the controlled statistics (hue by the shortest arc; none when loss.control_on leaves them to D).
+Nothing is stored: the trainer decides what to log and what to step.
 """
 from __future__ import annotations
 
