@@ -7,7 +7,7 @@ from trainable import cifar10
 from trainable.config import DataConfig
 from trainable.data import load_data
 from trainable.download import DataError, download
-from tests.helpers import closed_port_url, fake_official_archive, serve_folder
+from tests.helpers import ROOT, closed_port_url, fake_official_archive, serve_folder
 
 
 @pytest.fixture
@@ -65,3 +65,25 @@ def test_offline_says_where_to_put_the_files(tmp_path):
     with pytest.raises(DataError, match="offline") as err:
         cifar10.load_cifar10(str(tmp_path / "data"), "train", download_missing=True, url=closed_port_url())
     assert str(tmp_path / "data" / "cifar-10-python.tar.gz") in str(err.value)
+
+
+def test_a_failed_write_is_not_called_offline(served, tmp_path):
+    """A disk that refuses the bytes (a file-size limit stands in for a full disk: writes fail with
+    EFBIG) is a write error naming the folder, not 'this machine seems offline'."""
+    import subprocess
+    import sys
+    folder, url = served
+    (folder / "big.bin").write_bytes(bytes(200_000))
+    dest = tmp_path / "data" / "big.bin"
+    script = ("import resource, signal, sys\n"
+              "from trainable.download import DataError, download\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
+              "try:\n"
+              f"    download({url + '/big.bin'!r}, sys.argv[1], '0' * 32, progress=False)\n"
+              "except DataError as err:\n"
+              "    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(dest)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert "cannot write the download there" in done.stdout and "offline" not in done.stdout, done
+    assert list(dest.parent.iterdir()) == []

@@ -6,6 +6,7 @@ matches, so an interrupted or corrupt download never leaves a file that looks co
 from __future__ import annotations
 
 import hashlib
+import http.client
 import sys
 import urllib.error
 import urllib.request
@@ -38,13 +39,14 @@ def _stream(response, handle, digest, label: str, progress: bool) -> None:
 def _fetch(url: str, temp: Path, dest: Path, progress: bool) -> str:
     """Stream url into temp; the MD5 hex digest of what arrived."""
     digest = hashlib.md5()
+    # network errors here; a failed write (a full disk) goes up to download(), which names the folder
     try:
         with open(temp, "wb") as handle, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             _stream(response, handle, digest, dest.name, progress)
     except urllib.error.HTTPError as err:
         raise DataError(f"{dest}: cannot download {url}: the server answered HTTP {err.code} {err.reason}; "
                         f"fetch that file elsewhere and put it at {dest}") from None
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", None) or err
         raise DataError(f"{dest}: cannot download {url} ({reason}); this machine seems offline: "
                         f"fetch that file elsewhere and put it at {dest}") from None
