@@ -95,6 +95,21 @@ def test_jpeg_mirror_archive_read_without_extracting(tmp_path):
     assert not (tmp_path / "test").exists() and (tmp_path / "test.npz").is_file()
 
 
+def test_a_corrupt_jpeg_or_batch_is_a_data_error_naming_it(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "train" / "cat").mkdir(parents=True)
+    (tree / "train" / "cat" / "0000.jpg").write_bytes(_jpeg_bytes(_noise(1, 0)[0]))
+    (tree / "train" / "cat" / "0001.jpg").write_bytes(b"torn")
+    with pytest.raises(DataError, match=r"cat/0001\.jpg: not a readable image"):
+        load_cifar10(str(tree), "train")
+    batches = tmp_path / "batches" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        (batches / name).write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8)}))   # not 3·32·32
+    with pytest.raises(DataError, match="test_batch: not a CIFAR-10 python batch"):
+        load_cifar10(str(tmp_path / "batches"), "test")
+
+
 def test_missing_cifar10_says_where_and_how(tmp_path):
     with pytest.raises(DataError, match="data.download=true") as err:
         load_cifar10(str(tmp_path), "train")

@@ -70,10 +70,10 @@ def _read_batches(folder: Path, split: str) -> np.ndarray:
             # MD5-checked download of it). Never point this at files from elsewhere.
             with path.open("rb") as handle:
                 batch = pickle.load(handle, encoding="bytes")
-            flat = np.asarray(batch[b"data"], dtype=np.uint8)
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as err:
+            flat = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
             raise DataError(f"{path}: not a CIFAR-10 python batch ({err})") from None
-        parts.append(flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        parts.append(flat.transpose(0, 2, 3, 1))
     return np.ascontiguousarray(np.concatenate(parts))
 
 
@@ -103,8 +103,14 @@ def _extract_archive(archive: Path, root: Path) -> None:
         raise DataError(f"{archive}: cannot extract into {root} ({err}); extract it there by hand") from None
 
 
-def _decode(blobs: list[bytes], where: Path) -> np.ndarray:
-    arrays = [np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")) for blob in blobs]
+def _decode(blobs: dict[str, bytes], where: Path) -> np.ndarray:
+    """{name: encoded image} → (N, H, W, 3) uint8; a file that is no image is a DataError naming it."""
+    arrays = []
+    for name, blob in blobs.items():
+        try:
+            arrays.append(np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")))
+        except (OSError, ValueError) as err:      # PIL's UnidentifiedImageError is an OSError
+            raise DataError(f"{where}/{name}: not a readable image ({err})") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise DataError(f"{where}: images of different sizes {sorted(shapes)[:3]}; use data.dataset=folder")
@@ -119,7 +125,11 @@ def _jpeg_tree(root: Path, split: str) -> list[Path]:
 
 
 def _read_jpeg_tree(root: Path, split: str, files: list[Path]) -> np.ndarray:
-    images = _decode([p.read_bytes() for p in files], root / split)
+    try:
+        blobs = {str(p.relative_to(root / split)): p.read_bytes() for p in files}
+    except OSError as err:
+        raise DataError(f"{root / split}: cannot read its images ({err})") from None
+    images = _decode(blobs, root / split)
     _write_npz_atomic(root / f"{split}.npz", images)
     return images
 
@@ -138,7 +148,7 @@ def _read_jpeg_archive(archive: Path, root: Path, split: str) -> np.ndarray:
         raise DataError(f"{archive}: cannot read: {err}") from None
     if not blobs:
         raise DataError(f"{archive}: holds no {split}/<class>/*.jpg images")
-    images = _decode([blobs[name] for name in sorted(blobs)], archive)
+    images = _decode({name: blobs[name] for name in sorted(blobs)}, archive)
     _write_npz_atomic(root / f"{split}.npz", images)
     return images
 
