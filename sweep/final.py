@@ -88,8 +88,9 @@ def read_record(directory: Path, trial_id: str) -> dict:
 def start_run(sweep: Sweep, trial: pd.Series, cfg: Config, record: dict, directory: Path) -> dict:
     run_id = tracking.start_final_run(sweep.state, sweep, str(trial["trial_id"]), int(trial["rank"]),
                                       record.get("mlflow_run_id"), flatten(to_dict(cfg)))
+    kept = {"tested_epoch": record["tested_epoch"]} if "tested_epoch" in record else {}
     record = {"sweep": sweep.name, "trial_id": str(trial["trial_id"]), "rank": int(trial["rank"]),
-              "mlflow_run_id": run_id}
+              "mlflow_run_id": run_id, **kept}
     write_text_atomic(directory / FINAL_RECORD, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -105,10 +106,16 @@ def finish(sweep: Sweep, trainer, directory: Path, run_id: str) -> dict:
     # the model first: a failure while measuring it must not cost the trained generator
     export_generator(trainer.generator.state_dict(), trainer.cfg, trainer.epoch, directory / GENERATOR)
     write_png(trainer.sample_grid(8), directory / SAMPLES)
-    images = load_test_split(trainer.cfg.data, trainer.device)
-    test = trainer.evaluate(images, fid=True)
-    test = {f"test_{k.removeprefix('val_')}": v for k, v in test.items()}
-    write_text_atomic(directory / TEST_METRICS, json.dumps(test, indent=2) + "\n")
+    record = json.loads((directory / FINAL_RECORD).read_text())
+    if record.get("tested_epoch") == trainer.epoch and (directory / TEST_METRICS).exists():
+        test = json.loads((directory / TEST_METRICS).read_text())   # a rerun: FID costs minutes on a CPU
+    else:
+        images = load_test_split(trainer.cfg.data, trainer.device)
+        test = trainer.evaluate(images, fid=True)
+        test = {f"test_{k.removeprefix('val_')}": v for k, v in test.items()}
+        write_text_atomic(directory / TEST_METRICS, json.dumps(test, indent=2) + "\n")
+        record["tested_epoch"] = trainer.epoch
+        write_text_atomic(directory / FINAL_RECORD, json.dumps(record, indent=2) + "\n")
     tracking.log_new_steps(sweep.state, run_id, {trainer.epoch: test}, next(iter(test)))
     files = [directory / n for n in (GENERATOR, SAMPLES, TEST_METRICS, CONFIG_FILE)]
     tags = {"colorsweep.epochs": str(trainer.epoch), "colorsweep.evaluated_on": split_name(trainer.cfg)}

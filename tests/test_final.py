@@ -117,9 +117,13 @@ def test_final_refuses_bad_input(sweep_dir, capsys):
 
 
 def check_rerun_logs_nothing_twice(sweep_dir: Path, record: dict) -> None:
-    """The same command on a finished final run evaluates again but logs nothing new."""
+    """The same command on a finished final run reuses its test metrics (no second FID) and logs
+    nothing new."""
+    tested = sweep_dir / "final" / "test_metrics.json"
+    before = (tested.stat().st_mtime_ns, tested.read_text())
     again = subprocess.run(final_command(sweep_dir), env=launch_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert (tested.stat().st_mtime_ns, tested.read_text()) == before
     state = json.loads((sweep_dir / "colorsweep_state.json").read_text())
     client = MlflowClient(state["tracking_uri"])
     for key in ("test_control_error", "val_control_error"):

@@ -44,11 +44,11 @@ def test_bf16_loss_curves_follow_fp32_over_100_steps():
     fp32 = _plain_curve(Trainer(tiny_config(*CURVE, "train.precision=fp32"), data), 100)
     plain = _plain_curve(Trainer(tiny_config(*CURVE, "train.precision=bf16"), data), 100)
     packed = _packed_curve(Trainer(tiny_config(*CURVE, "train.precision=bf16"), data), 100)
-    packed_fp32 = _packed_curve(Trainer(tiny_config(*CURVE, "train.precision=fp32"), data), 100)
+    packed_fp32 = _packed_curve(Trainer(tiny_config(*CURVE, "train.precision=fp32"), data), 3)
     for bf16 in (plain, packed):
         assert ((bf16 - fp32).abs() / fp32).max() < 1e-2
     # ...and they did compute in bf16: autocast under vmap would silently have stayed in fp32
-    assert not torch.equal(packed, packed_fp32)
+    assert not torch.equal(packed[:3], packed_fp32)
     assert not torch.equal(plain, fp32)
 
 
