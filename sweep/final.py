@@ -88,11 +88,14 @@ def read_record(directory: Path, trial_id: str) -> dict:
 def start_run(sweep: Sweep, trial: pd.Series, cfg: Config, record: dict, directory: Path) -> dict:
     run_id = tracking.start_final_run(sweep.state, sweep, str(trial["trial_id"]), int(trial["rank"]),
                                       record.get("mlflow_run_id"), flatten(to_dict(cfg)))
-    kept = {"tested_epoch": record["tested_epoch"]} if "tested_epoch" in record else {}
-    record = {"sweep": sweep.name, "trial_id": str(trial["trial_id"]), "rank": int(trial["rank"]),
-              "mlflow_run_id": run_id, **kept}
-    write_text_atomic(directory / FINAL_RECORD, json.dumps(record, indent=2) + "\n")
+    record = {**record, "sweep": sweep.name, "trial_id": str(trial["trial_id"]), "rank": int(trial["rank"]),
+              "mlflow_run_id": run_id}                      # a rerun keeps the epoch it was tested at
+    write_record(directory, record)
     return record
+
+
+def write_record(directory: Path, record: dict) -> None:
+    write_text_atomic(directory / FINAL_RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def log_new_epochs(sweep: Sweep, run_id: str, rows: Sequence[dict]) -> None:
@@ -100,13 +103,13 @@ def log_new_epochs(sweep: Sweep, run_id: str, rows: Sequence[dict]) -> None:
     tracking.log_new_steps(sweep.state, run_id, {row["epoch"]: row for row in rows}, "epoch")
 
 
-def finish(sweep: Sweep, trainer, directory: Path, run_id: str) -> dict:
+def finish(sweep: Sweep, trainer, directory: Path, record: dict) -> dict:
     """Test-split metrics (the validation split's when the data has no test split), a sample grid
     and the exported generator, all logged to the run once."""
     # the model first: a failure while measuring it must not cost the trained generator
     export_generator(trainer.generator.state_dict(), trainer.cfg, trainer.epoch, directory / GENERATOR)
     write_png(trainer.sample_grid(8), directory / SAMPLES)
-    record = json.loads((directory / FINAL_RECORD).read_text())
+    run_id = record["mlflow_run_id"]
     if record.get("tested_epoch") == trainer.epoch and (directory / TEST_METRICS).exists():
         test = json.loads((directory / TEST_METRICS).read_text())   # a rerun: FID costs minutes on a CPU
     else:
@@ -114,8 +117,7 @@ def finish(sweep: Sweep, trainer, directory: Path, run_id: str) -> dict:
         test = trainer.evaluate(images, fid=True)
         test = {f"test_{k.removeprefix('val_')}": v for k, v in test.items()}
         write_text_atomic(directory / TEST_METRICS, json.dumps(test, indent=2) + "\n")
-        record["tested_epoch"] = trainer.epoch
-        write_text_atomic(directory / FINAL_RECORD, json.dumps(record, indent=2) + "\n")
+        write_record(directory, {**record, "tested_epoch": trainer.epoch})
     tracking.log_new_steps(sweep.state, run_id, {trainer.epoch: test}, next(iter(test)))
     files = [directory / n for n in (GENERATOR, SAMPLES, TEST_METRICS, CONFIG_FILE)]
     tags = {"colorsweep.epochs": str(trainer.epoch), "colorsweep.evaluated_on": split_name(trainer.cfg)}
@@ -142,7 +144,7 @@ def run_final(sweep_dir: Path, rank: int = 1, epochs: int | None = None,
     log_new_epochs(sweep, record["mlflow_run_id"], read_metrics(directory / METRICS_FILE))
     trainer = run_training(cfg, directory,
                            on_report=lambda _, row: log_new_epochs(sweep, record["mlflow_run_id"], [row]))
-    return finish(sweep, trainer, directory, record["mlflow_run_id"]), split_name(cfg)
+    return finish(sweep, trainer, directory, record), split_name(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
