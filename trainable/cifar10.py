@@ -170,7 +170,10 @@ def _missing(root: Path) -> DataError:
 
 def _fetch_official(root: Path, url: str | None, md5: str | None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    archive = download(url or CIFAR10_URL, root / ARCHIVE_NAME, md5 or CIFAR10_MD5)
+    try:
+        archive = download(url or CIFAR10_URL, root / ARCHIVE_NAME, md5 or CIFAR10_MD5)
+    except DataError as err:   # offline, the other archive the reader takes is as good
+        raise DataError(f"{err} (or put the JPEG mirror's {JPEG_ARCHIVE_NAME} there)") from None
     _extract_archive(archive, root)
     return root / BATCHES_NAME
 
