@@ -126,12 +126,14 @@ def _start_ray(address: str | None) -> dict[str, float]:
     if address is not None:
         _auth_env_for_cluster()
     import ray
+
+    from sweep.ray_worker import RUNTIME_ENV
     try:
         # "local": never join a cluster an earlier `ray start` left in /tmp/ray/ray_current_cluster
         # Workers log at WARNING: no per-report "Checkpoint successfully created" lines.
         ray.init(address=address or "local", include_dashboard=False if address is None else None,
                  log_to_driver=True, configure_logging=True, logging_level="warning",
-                 logging_config=ray.LoggingConfig(log_level="WARNING"))
+                 logging_config=ray.LoggingConfig(log_level="WARNING"), runtime_env=RUNTIME_ENV)
     except Exception as err:  # auth errors and unreachable clusters arrive as assorted types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise LaunchError(f"--address {address}: cannot join the Ray cluster: {first}") from None
@@ -294,7 +296,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Ray's head answers SIGTERM with sys.exit(1): one during Ray's teardown printed a traceback.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(code)
+    sys.exit(main())
