@@ -21,6 +21,7 @@ from pathlib import Path
 
 from trainable import layout as sweep_state
 from analysis.store import StoreError, resolve_tracking_uri
+from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
 from trainable.config_io import ConfigError
 from trainable.download import DataError
@@ -126,8 +127,6 @@ def _start_ray(address: str | None) -> dict[str, float]:
     if address is not None:
         _auth_env_for_cluster()
     import ray
-
-    from sweep.ray_worker import RUNTIME_ENV
     try:
         # "local": never join a cluster an earlier `ray start` left in /tmp/ray/ray_current_cluster
         # Workers log at WARNING: no per-report "Checkpoint successfully created" lines.
