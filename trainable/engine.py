@@ -20,13 +20,15 @@ from trainable.data import ColorData, load_data
 from trainable.losses import discriminator_loss, generator_loss
 from trainable.metrics import MetricAccumulator
 from trainable.models import build_models
+from trainable.realism import RealismProbe
 from trainable.schedule import LrSchedule
 
 STATE_FORMAT = "colorsweep-trainer"
 # Keys that may differ between a checkpoint and the command that resumes it.
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.threads", "train.eval_batch_size",
                      "train.precision", "train.cuda_graph", "train.fused_adam", "train.channels_last",
-                     "data.path", "data.download", "train.fid_every")
+                     "data.path", "data.download", "train.fid_every", "train.kid_every",
+                     "train.kid_input_size", "train.realism_images")
 # Building the nets draws from torch's global CPU generator; Trainers built at once in several
 # threads (the pack server) take turns, so each gets the weights of its own seed.
 _INIT_LOCK = threading.Lock()
@@ -105,6 +107,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.rng = torch.Generator().manual_seed(cfg.train.seed)   # data order, flips, condition draws
         self.conditioning = Conditioning(cfg.loss, self.device) if cfg.loss.conditioned() else None
+        self.realism = RealismProbe(cfg)          # the natural reference, built at the first evaluate
         self.epoch = 0
         self.step = 0
 
@@ -180,7 +183,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor | None = None, fid: bool | None = None) -> dict[str, float]:
         """All `val_*` metrics on `images` (normalized Lab; default: the validation split); with `fid`
-        (None: every train.fid_every epochs) also val_fid and val_kid."""
+        (None: every train.fid_every epochs) also val_fid and val_kid, and a fresh val_kid_controlled
+        when train.kid_every is on (trainable.realism)."""
         images = self.data.val if images is None else images
         accumulator = MetricAccumulator(self.cfg.loss.controlled())
         for start in range(0, len(images), self.cfg.train.eval_batch_size):
@@ -192,6 +196,8 @@ class Trainer:
             fixed = {name: out[f"val_control_error_{name}"] for name in self.cfg.loss.controlled()}
             out.update(conditioned_metrics(self.colorize, images.to(self.device), self.cfg.loss,
                                            self.cfg.train.eval_batch_size, fixed))
+        out.update(self.realism.metrics(self.colorize, images, self.epoch, forced=bool(fid),
+                                        batch=self.cfg.train.eval_batch_size, device=self.device))
         every = self.cfg.train.fid_every
         if fid or (fid is None and every and self.epoch % every == 0):   # Inception: slow on a CPU
             from trainable.fid import colorization_realism              # torchmetrics only when asked
