@@ -209,8 +209,9 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
               f"MLflow: mlflow ui --backend-store-uri {old.tracking_uri}")
         return EXIT_FINISHED
-    from sweep.prepare import cpu_estimate, prepare_data
+    from sweep.prepare import check_realism_reference, cpu_estimate, prepare_data
     images = prepare_data(spec.config.data)   # before anything is made: a DataError leaves nothing
+    check_realism_reference(spec, images)
     if args.fresh:
         _move_aside(sweep_dir)
     _quiet_environment(local=args.address is None)

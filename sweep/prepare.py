@@ -20,6 +20,7 @@ from trainable.datasets import load_raw
 MEASURED_STEPS = 2              # timed after one warm-up step
 CPU_SIZED_WIDTH = 0.25
 CPU_SIZED_HOURS = 1.0           # what the suggested CPU-sized sweep aims at
+REALISM_OBJECTIVES = ("val_kid_controlled", "val_artefact")   # judged against a natural reference
 
 
 def _missing_folders(path: str) -> list[Path]:
@@ -46,6 +47,27 @@ def prepare_data(cfg: DataConfig) -> np.ndarray:
             except OSError:
                 pass
         raise
+
+
+def check_realism_reference(spec, images: np.ndarray) -> None:
+    """Refuse (SpecError, one line) a spec that optimizes val_kid_controlled or val_artefact when
+    some trial config has a target with fewer than train.realism_images natural reference images
+    in the validation split: there the estimate would be missing or biased. Every searched value
+    is tried with the others at their probe values."""
+    from sweep.space import SpecError, probe_config, probe_values
+    realism = [o.metric for o in spec.objectives if o.metric in REALISM_OBJECTIVES]
+    if not realism:
+        return
+    from trainable.data import validation_images
+    from trainable.realism import NaturalReference, reference_shortfall
+    probe = probe_config(spec.config, spec.space)
+    reference = NaturalReference(validation_images(images, probe.data))
+    configs = [probe] + [apply_overrides(probe, {key: value}) for key, dist in spec.space.items()
+                         for value in probe_values(dist)]
+    for cfg in configs:
+        shortfall = reference_shortfall(cfg, reference)
+        if shortfall:
+            raise SpecError(f"objectives: {realism[0]} cannot be estimated: {shortfall}")
 
 
 def _format_duration(seconds: float) -> str:

@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+import yaml
 
 from trainable import layout as sweep_state
 from sweep.launch import main
@@ -103,3 +104,18 @@ def test_damaged_state_file_is_one_line_before_ray(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert sweep_state.STATE_FILE in err and "--fresh" in err
+
+
+def test_realism_objective_without_enough_reference_images_is_refused_before_ray(tmp_path, capsys):
+    spec = {"name": "real", "config": {"data": {"dataset": "synthetic"}, "model": {"width": 0.125},
+                                       "train": {"realism_images": 400}},
+            "space": {"loss.saturation.weight": {"type": "uniform", "low": 1, "high": 5}},
+            "objectives": [{"metric": "val_artefact"}], "num_samples": 2}
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code = main([str(path), "--storage", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: objectives: val_artefact cannot be estimated: train.realism_images: "
+                          "saturation=0.5 has ") and "fewer than 400" in err
+    assert not (tmp_path / "sweeps" / "real").exists()
