@@ -15,9 +15,9 @@ point's targets, so a perfect colorization reproduces the reference and content 
 - `val_kid_controlled`: the unbiased KID (polynomial kernel, all pairs) between Inception features
   of those colorizations and of the reference, averaged over the judged points; lower is better.
 - `val_artefact`: the mean |log2| ratio, over radial frequency bands of the ab power spectrum (the
-  mean chroma being band 0), between the colorizations' power shares and the reference's. 0 = the
-  same chroma texture; checkerboards and dot patterns raise the high bands, blotches the middle
-  ones, a one-hue cast band 0. Scale-free, so desaturation alone does not count.
+  mean chroma being band 0), between the colorizations' power shares (per image, then averaged)
+  and the reference's. 0 = the same chroma texture; checkerboards and dot patterns raise the high
+  bands, blotches the middle ones, a one-hue cast band 0. Scale-free: desaturation does not count.
 - `val_realism_judged`: the share of the trial's points that have a natural reference. Where it is
   0, both metrics above are NaN ("no natural reference").
 """
@@ -35,7 +35,8 @@ from trainable.config import Config, LossConfig
 REFERENCE_BAND = 0.05       # |own statistic − target| of a reference image (hue: turns of arc)
 RANGE_STEP = 0.01           # judged_range scans targets on this grid
 SPECTRUM_BANDS = 6          # radial bands of (0, 0.5] cycles per pixel, after the mean (band 0)
-SPECTRUM_FLOOR = 1e-12      # a band with no power on either side counts as equal
+SHARE_FLOOR = 1e-4          # power shares below this count as this: a band empty on both sides
+                            # is equal, and an all-gray output scores high instead of infinite
 STAT_CHUNK = 4096           # images converted to RGB at once
 
 Point = Mapping[str, float]
@@ -72,17 +73,23 @@ class NaturalReference:
             return None
         return torch.sort(gap, stable=True).indices[:count]
 
-    def judged_range(self, name: str, count: int) -> tuple[float, float] | None:
-        """(lowest, highest) target of `name`, on a RANGE_STEP grid, that has `count` reference
-        images; None when none has. Hue's covered targets may not be one arc: see docs/realism.md."""
+    def covered(self, name: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets on a RANGE_STEP grid over the statistic's scale, whether each has `count`
+        reference images)."""
         values = self.stats[name]
         steps = int(statistic_high(name, values) / RANGE_STEP) + 1
         grid = torch.arange(steps, dtype=values.dtype, device=values.device) * RANGE_STEP
         if name == "hue":
             grid = grid[grid < 1]
         near = (distance(name, values[None, :], grid[:, None]) <= self.band).sum(1)
-        covered = grid[near >= count]
-        return None if len(covered) == 0 else (round(float(covered.min()), 4), round(float(covered.max()), 4))
+        return grid, near >= count
+
+    def judged_range(self, name: str, count: int) -> tuple[float, float] | None:
+        """(lowest, highest) target of `name`, on a RANGE_STEP grid, that has `count` reference
+        images; None when none has. Hue's covered targets need not be one arc (see `covered`)."""
+        grid, enough = self.covered(name, count)
+        judged = grid[enough]
+        return None if len(judged) == 0 else (round(float(judged.min()), 4), round(float(judged.max()), 4))
 
     def features(self, key: tuple, indices: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor]):
         """The reference images' features under `key`, computed once (the images never change)."""
@@ -130,23 +137,28 @@ def kid_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def band_power(ab: torch.Tensor) -> torch.Tensor:
-    """(SPECTRUM_BANDS + 1,) power of normalized ab (N,2,H,W) summed over images and channels:
+    """(N, SPECTRUM_BANDS + 1) power of each image's normalized ab (N,2,H,W), both channels summed:
     band 0 the mean (DC), then radial bands of equal width up to 0.5 cycles/pixel (corners above
     0.5 go to the last band)."""
-    power = torch.fft.rfft2(ab.float(), norm="ortho").abs().square().sum(dim=(0, 1))
+    power = torch.fft.rfft2(ab.float(), norm="ortho").abs().square().sum(dim=1).flatten(1)
     fy = torch.fft.fftfreq(ab.shape[-2], device=ab.device)
     fx = torch.fft.rfftfreq(ab.shape[-1], device=ab.device)
-    radius = torch.hypot(fy[:, None], fx[None, :])
-    bands = torch.ceil(radius / 0.5 * SPECTRUM_BANDS).long().clamp_(0, SPECTRUM_BANDS)
-    return torch.bincount(bands.flatten(), weights=power.flatten(), minlength=SPECTRUM_BANDS + 1)
+    bands = torch.ceil(torch.hypot(fy[:, None], fx[None, :]) / 0.5 * SPECTRUM_BANDS).long()
+    bands = bands.clamp_(0, SPECTRUM_BANDS).flatten()
+    return power.new_zeros(len(ab), SPECTRUM_BANDS + 1).index_add_(1, bands, power)
+
+
+def band_shares(ab: torch.Tensor) -> torch.Tensor:
+    """(SPECTRUM_BANDS + 1,) each image's share of its power per band, averaged over the images:
+    every image weighs the same (pooled power would be ruled by the few most colorful ones)."""
+    power = band_power(ab)
+    return (power / power.sum(1, keepdim=True).clamp_min(torch.finfo(power.dtype).tiny)).mean(0)
 
 
 def artefact_distance(fake_ab: torch.Tensor, real_ab: torch.Tensor) -> float:
     """Mean over bands of |log2(fake share / real share)| of the ab power (see the module doc)."""
-    fake, real = band_power(fake_ab), band_power(real_ab)
-    fake = fake / fake.sum().clamp_min(SPECTRUM_FLOOR)
-    real = real / real.sum().clamp_min(SPECTRUM_FLOOR)
-    return float((torch.log2(fake + SPECTRUM_FLOOR) - torch.log2(real + SPECTRUM_FLOOR)).abs().mean())
+    fake, real = band_shares(fake_ab), band_shares(real_ab)
+    return float((torch.log2(fake.clamp_min(SHARE_FLOOR)) - torch.log2(real.clamp_min(SHARE_FLOOR))).abs().mean())
 
 
 def point_condition(point: Point, conditioned: Sequence[str], batch: int, device) -> torch.Tensor | None:
@@ -217,3 +229,40 @@ def judge(colorize: Colorize, reference: NaturalReference, cfg: Config, kid: boo
     if kid:
         out["val_kid_controlled"] = sum(kids) / len(kids) if kids else math.nan
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m trainable.realism IMAGES.npz`: per statistic, the targets a natural reference of
+    --images images exists for in a uint8 NHWC `images` array (the judged range)."""
+    import argparse
+
+    import numpy as np
+
+    from trainable.data import GRAY_CHROMA, mean_chroma, to_lab
+    parser = argparse.ArgumentParser(prog="python -m trainable.realism", description=main.__doc__)
+    parser.add_argument("npz", help="an .npz file with a uint8 (N, H, W, 3) `images` array")
+    parser.add_argument("--images", type=int, default=50, help="reference images per target (train.realism_images)")
+    parser.add_argument("--band", type=float, default=REFERENCE_BAND, help="|statistic − target| of a reference image")
+    args = parser.parse_args(argv)
+    try:
+        with np.load(args.npz) as archive:
+            images = archive["images"]
+    except (OSError, KeyError, ValueError) as err:
+        parser.error(f"{args.npz}: {err}")
+    lab = to_lab(images, "cpu")
+    colored = lab[mean_chroma(lab) >= GRAY_CHROMA]           # the trainer drops gray images too
+    reference = NaturalReference(colored, args.band)
+    print(f"{len(colored)} colored of {len(images)} images, {args.images} per target within ±{args.band:g}")
+    for name in CONTROL_NAMES:
+        values = reference.stats[name]
+        judged = reference.judged_range(name, args.images)
+        where = "no natural reference anywhere" if judged is None else f"judged in [{judged[0]:g}, {judged[1]:g}]"
+        if name == "hue":
+            grid, enough = reference.covered(name, args.images)
+            where += f" ({float(enough.float().mean()):.0%} of the circle)"
+        print(f"  {name:<13} mean {float(values.mean()):.3f}  {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
