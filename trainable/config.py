@@ -28,6 +28,7 @@ SWITCHES = ("auto", "on", "off")
 CONDITIONINGS = ("none", "film")
 D_CONDITIONINGS = ("none", "projection")
 UPSAMPLES = ("transposed", "resize")
+OUTPUTS = ("learned", "projected")
 KID_MIN_IMAGES = 2                # the unbiased KID estimate needs two images per set
 L1_TARGETS = ("original", "adjusted")
 CONTROL_ON = ("generator", "discriminator", "both")
@@ -71,6 +72,7 @@ class ModelConfig:
     conditioning: str = "none"    # film: G takes per-image targets (Perez et al. 2017)
     d_conditioning: str = "none"  # projection: D sees them too (Miyato & Koyama 2018)
     upsample: str = "transposed"  # resize: nearest ×2 then 3×3 conv (no checkerboard; Odena et al. 2016)
+    output: str = "learned"       # projected: G's ab moved onto the asked targets as its last layer (trainable.projection)
 
 
 @dataclass(frozen=True)
@@ -192,9 +194,12 @@ def _validate_adjusted(cfg: Config) -> None:
     lo = cfg.loss
     for key, value, allowed in (("loss.l1_target", lo.l1_target, L1_TARGETS),
                                 ("loss.control_on", lo.control_on, CONTROL_ON),
-                                ("model.upsample", cfg.model.upsample, UPSAMPLES)):
+                                ("model.upsample", cfg.model.upsample, UPSAMPLES),
+                                ("model.output", cfg.model.output, OUTPUTS)):
         _check(key, value in allowed, f"must be one of {', '.join(allowed)}, got {value!r}")
     _check("loss.adversarial_weight", lo.adversarial_weight >= 0, "must be >= 0")
+    _check("model.output", cfg.model.output != "projected" or lo.controlled() or lo.conditioned(),
+           "projected needs a target: a loss.<statistic>.weight > 0 or a loss.<statistic>.range")
     _check("data.adjust_fraction", 0 <= cfg.data.adjust_fraction <= 1, "must be in [0, 1]")
     _check("train.fid_every", cfg.train.fid_every >= 0, "must be >= 0")
     _check("train.kid_every", cfg.train.kid_every >= 0, "must be >= 0")
