@@ -16,6 +16,11 @@ from trainable.loop import train_epoch
 from trainable.models import build_models
 from trainable.projection import requested_targets, similarity_through
 from trainable.train import main as train_main
+from tests.test_packed import _step_both, _trainers, float64  # noqa: F401 (float64: a fixture)
+from trainable.packed import PackedTrainer
+
+PACKED_TRIALS = [("model.output=projected", "loss.saturation.weight=5", "loss.saturation.target=0.3", "train.seed=1"),
+                 ("model.output=projected", "loss.saturation.weight=20", "loss.saturation.target=0.7", "train.seed=2")]
 
 
 def colored_generator(*overrides: str):
@@ -99,3 +104,17 @@ def test_a_projected_trainer_trains_and_meets_its_target_sooner_than_a_learned_o
         assert all(math.isfinite(v) for v in losses.values())
         errors[output] = trainer.evaluate()["val_control_error_saturation"]
     assert errors["projected"] < errors["learned"] / 4, errors
+
+
+@pytest.mark.slow
+def test_packed_projected_trials_each_project_onto_their_own_targets(float64):
+    """Packed steps equal plain ones in float64: each trial's fixed targets travel in its buffers."""
+    plain, data = _trainers(trials=PACKED_TRIALS)
+    packed, _ = _trainers(data, trials=PACKED_TRIALS)
+    history = _step_both(plain, PackedTrainer(packed), 3)
+    for plain_losses, packed_losses in history:
+        for k, losses in enumerate(plain_losses):
+            for key, value in losses.items():
+                assert float(value) == pytest.approx(float(packed_losses[key][k]), rel=1e-9, abs=1e-12), key
+    targets = [float(t.generator.output.fixed_targets[0]) for t in packed]
+    assert targets == pytest.approx([0.3, 0.7])

@@ -23,6 +23,7 @@ from trainable.color import image_statistics, lab_normalized_to_rgb
 from trainable.condition import SLOTS
 from trainable.config import CONTROL_NAMES, LossConfig
 
+HALF = (torch.float16, torch.bfloat16)
 NEAR_GRAY = 1e-8        # |ab|² below this: no direction, the gradient passes straight through
 
 
@@ -60,15 +61,21 @@ def similarity_through(ab: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
 
 
 class Projection(nn.Module):
-    """The projected generator's last layer: (L, ab, c) → ab on the asked targets. No parameters."""
+    """The projected generator's last layer: (L, ab, c) → ab on the asked targets. No parameters;
+    the fixed targets are a buffer (saved with the weights)."""
 
     def __init__(self, loss_cfg: LossConfig):
         super().__init__()
-        self.fixed = {name: c.target for name, c in loss_cfg.controlled().items()}
+        controlled = loss_cfg.controlled()
+        self.fixed = tuple(controlled)
+        # a buffer, not Python floats: packed trials (trainable.packed) stack it, each its own targets
+        self.register_buffer("fixed_targets", torch.tensor([c.target for c in controlled.values()]))
         self.conditioned = tuple(loss_cfg.conditioned())
 
-    def targets(self, lab: torch.Tensor, condition: torch.Tensor | None) -> dict[str, torch.Tensor | float]:
-        targets: dict[str, torch.Tensor | float] = dict(self.fixed)
+    def targets(self, lab: torch.Tensor, condition: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        batch = lab.shape[0]
+        fixed = self.fixed_targets.to(lab.dtype)
+        targets = {name: fixed[i].expand(batch) for i, name in enumerate(self.fixed)}
         if condition is None or not self.conditioned:
             return targets
         values, present = requested_targets(condition, self.conditioned)
@@ -79,8 +86,8 @@ class Projection(nn.Module):
 
     def forward(self, lightness: torch.Tensor, ab: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         with torch.autocast(lightness.device.type, enabled=False):     # the adjustment needs fp32
-            ab = ab.float()
-            lab = torch.cat([lightness.float(), ab], 1)
+            ab = ab.float() if ab.dtype in HALF else ab
+            lab = torch.cat([lightness.to(ab.dtype), ab], 1)
             targets = self.targets(lab.detach(), condition)
             if not targets:
                 return ab
