@@ -118,3 +118,14 @@ def test_packed_projected_trials_each_project_onto_their_own_targets(float64):
                 assert float(value) == pytest.approx(float(packed_losses[key][k]), rel=1e-9, abs=1e-12), key
     targets = [float(t.generator.output.fixed_targets[0]) for t in packed]
     assert targets == pytest.approx([0.3, 0.7])
+
+
+def test_an_exported_projected_generator_projects_when_loaded(tmp_path):
+    from trainable.export import export_generator, load_generator
+    generator = colored_generator("loss.saturation.weight=5", "loss.saturation.target=0.45")
+    cfg = tiny_config("model.output=projected", "loss.saturation.weight=5", "loss.saturation.target=0.45")
+    loaded, _, _ = load_generator(export_generator(generator.state_dict(), cfg, 1, tmp_path / "g.pt"))
+    lightness = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        ab = loaded(lightness)
+    assert saturation_of(lightness, ab).tolist() == pytest.approx([0.45] * 3, abs=2e-3)

@@ -200,30 +200,38 @@ class RealismProbe:
         return scores
 
 
+def colorized_at(colorize: Colorize, real: torch.Tensor, point: Point, conditioned: Sequence[str],
+                 batch: int) -> torch.Tensor:
+    """The real images' L colorized in batches, asked for the point's conditioned targets."""
+    parts = []
+    for start in range(0, len(real), batch):
+        gray = real[start:start + batch, :1]
+        parts.append(colorize(gray, point_condition(point, conditioned, len(gray), gray.device)))
+    return torch.cat(parts)
+
+
 def judge(colorize: Colorize, reference: NaturalReference, cfg: Config, kid: bool,
           batch: int = 500) -> dict[str, float]:
     """The realism metrics of colorize over cfg's points (see the module doc); KID only with `kid`."""
     count, conditioned = cfg.train.realism_images, tuple(cfg.loss.conditioned())
     points = realism_points(cfg.loss)
-    network = size = None
     if kid:
         from trainable.fid import cached_network           # the Inception only when asked
         network, size = cached_network(str(reference.images.device)), cfg.train.kid_input_size
+
+        def features(rgb: torch.Tensor) -> torch.Tensor:
+            return network.pooled(rgb, size).double().cpu()
     artefacts, kids = [], []
     for point in points:
         indices = reference.nearest(point, count)
         if indices is None:
             continue
         real = reference.images[indices]
-        fake = torch.cat([colorize(real[i:i + batch, :1], point_condition(point, conditioned, len(real[i:i + batch]),
-                                                                       real.device))
-                          for i in range(0, len(real), batch)])
+        fake = colorized_at(colorize, real, point, conditioned, batch)
         artefacts.append(artefact_distance(fake[:, 1:], real[:, 1:]))
         if kid:
-            extract = lambda rgb: network.pooled(rgb, size).double().cpu()     # noqa: E731
-            fake_features = extract(lab_normalized_to_rgb(fake.float()))
-            real_features = reference.features((describe(point), count, size), indices, extract)
-            kids.append(kid_unbiased(fake_features, real_features))
+            real_features = reference.features((describe(point), count, size), indices, features)
+            kids.append(kid_unbiased(features(lab_normalized_to_rgb(fake.float())), real_features))
     out = {"val_artefact": sum(artefacts) / len(artefacts) if artefacts else math.nan,
            "val_realism_judged": len(artefacts) / len(points)}
     if kid:
