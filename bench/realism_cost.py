@@ -28,7 +28,8 @@ import torch
 from trainable.config import load_config
 from trainable.engine import Trainer, setup_process
 
-BASE = ["data.dataset=npz", "data.train_limit=64", "data.val_limit=500", "model.width=0.25", "model.conditioning=film", "loss.saturation.weight=10",
+BASE = ["data.dataset=npz", "data.train_limit=64", "data.val_limit=500", "model.width=0.25",
+        "model.conditioning=film", "loss.saturation.weight=10",
         "loss.saturation.range=[0.1,0.5]", "train.device=cpu", "train.epochs=1000"]
 # (label, overrides): KID off is the baseline; FID's own 299-pixel input, then the cheaper settings
 ROWS = (("no KID (baseline)", ["train.kid_every=0"]),

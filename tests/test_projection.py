@@ -8,19 +8,21 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config
+from tests.test_packed import _step_both, _trainers, float64  # noqa: F401 (float64: a fixture)
 from trainable.color import image_statistics, lab_normalized_to_rgb
 from trainable.condition import condition_vector, fixed_targets
 from trainable.config import ConfigError
 from trainable.engine import Trainer
 from trainable.loop import train_epoch
 from trainable.models import build_models
+from trainable.packed import PackedTrainer
 from trainable.projection import requested_targets, similarity_through
 from trainable.train import main as train_main
-from tests.test_packed import _step_both, _trainers, float64  # noqa: F401 (float64: a fixture)
-from trainable.packed import PackedTrainer
 
-PACKED_TRIALS = [("model.output=projected", "loss.saturation.weight=5", "loss.saturation.target=0.3", "train.seed=1"),
-                 ("model.output=projected", "loss.saturation.weight=20", "loss.saturation.target=0.7", "train.seed=2")]
+PACKED_TRIALS = [("model.output=projected", "loss.saturation.weight=5", "loss.saturation.target=0.3",
+                  "train.seed=1"),
+                 ("model.output=projected", "loss.saturation.weight=20", "loss.saturation.target=0.7",
+                  "train.seed=2")]
 
 
 def colored_generator(*overrides: str):
@@ -32,7 +34,8 @@ def colored_generator(*overrides: str):
 
 
 def saturation_of(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    return image_statistics(lab_normalized_to_rgb(torch.cat([lightness, ab.detach()], 1)), ("saturation",))["saturation"]
+    rgb = lab_normalized_to_rgb(torch.cat([lightness, ab.detach()], 1))
+    return image_statistics(rgb, ("saturation",))["saturation"]
 
 
 def test_projected_without_a_target_is_refused_in_one_line(capsys):

@@ -72,7 +72,7 @@ class ModelConfig:
     conditioning: str = "none"    # film: G takes per-image targets (Perez et al. 2017)
     d_conditioning: str = "none"  # projection: D sees them too (Miyato & Koyama 2018)
     upsample: str = "transposed"  # resize: nearest ×2 then 3×3 conv (no checkerboard; Odena et al. 2016)
-    output: str = "learned"       # projected: G's ab moved onto the asked targets as its last layer (trainable.projection)
+    output: str = "learned"       # projected: G's last layer moves ab onto the targets (trainable.projection)
 
 
 @dataclass(frozen=True)

@@ -249,8 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainable.data import GRAY_CHROMA, mean_chroma, to_lab
     parser = argparse.ArgumentParser(prog="python -m trainable.realism", description=main.__doc__)
     parser.add_argument("npz", help="an .npz file with a uint8 (N, H, W, 3) `images` array")
-    parser.add_argument("--images", type=int, default=50, help="reference images per target (train.realism_images)")
-    parser.add_argument("--band", type=float, default=REFERENCE_BAND, help="|statistic − target| of a reference image")
+    parser.add_argument("--images", type=int, default=50,
+                        help="reference images per target (train.realism_images)")
+    parser.add_argument("--band", type=float, default=REFERENCE_BAND,
+                        help="|statistic − target| of a reference image")
     args = parser.parse_args(argv)
     try:
         with np.load(args.npz) as archive:
