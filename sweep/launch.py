@@ -25,6 +25,7 @@ from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
 from trainable.config_io import ConfigError
 from trainable.download import DataError
+from trainable.files import folder_problem
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 # Ray's own lines that tell a user of this launcher nothing (our summary says it, or names this
@@ -50,8 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def rerun_command(argv: Sequence[str]) -> str:
-    """The command that continues this sweep: the one given, less --fresh (which would start over)."""
-    return shlex.join(["python", "-m", "sweep.launch", *(a for a in argv if a != "--fresh")])
+    """The command that continues this sweep: the one given, less --fresh (which would start over)
+    and less --set time_budget=... (a budget for that one run; the next run gets the spec's)."""
+    kept: list[str] = []
+    for arg in argv:
+        if arg == "--fresh" or arg.startswith("--set=time_budget="):
+            continue
+        if arg.startswith("time_budget=") and kept[-1:] == ["--set"]:
+            kept.pop()
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", "sweep.launch", *kept])
 
 
 def _move_aside(sweep_dir: Path) -> None:
@@ -204,6 +214,9 @@ def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
 
 
 def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> int:
+    problem = folder_problem(sweep_dir)     # before Ray and MLflow: a bad --storage leaves nothing
+    if problem:
+        raise SpecError(f"--storage {args.storage}: {problem}")
     old = _check_resume(spec, sweep_dir, args.fresh, args.mlflow_uri)
     if old and old.finished:
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
