@@ -148,3 +148,22 @@ def test_served_model_answers_a_png_and_refuses_bad_requests(models, tmp_path, m
             assert word in answer["message"] and "Traceback" not in json.dumps(answer), answer
     finally:
         stop(server)
+
+
+def test_a_file_that_is_no_model_is_refused_before_any_store_is_made(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)                       # MLflow's default artifact root is ./mlruns
+    bogus = tmp_path / "generator.pt"
+    bogus.write_bytes(b"no model in here")
+    code = register.main([str(bogus), "--name", "x", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {bogus}"), err
+    assert list(tmp_path.iterdir()) == [bogus]        # no mlflow.db, no mlruns
+
+
+def test_help_gives_the_whole_first_paragraph(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        register.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    assert ("log an exported generator as an MLflow pyfunc model (sweep.serving) and register it as a new "
+            "version of NAME in the Model Registry. positional arguments") in text, text
