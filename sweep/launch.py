@@ -233,17 +233,19 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     cluster = _start_ray(args.address)
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.num_samples} trials, {min(spec.max_concurrent, spec.num_samples)} at a time", flush=True)
+    pace = None                      # the display's first ETA, when the launcher measured one
     if not cluster.get("GPU") and old is None:
         print("no GPU: ", end="", flush=True)          # the rest of the line once a few steps are timed
         try:
-            print(cpu_estimate(spec, images, cluster.get("CPU", 1.0)), flush=True)
+            line, pace = cpu_estimate(spec, images, cluster.get("CPU", 1.0))
+            print(line, flush=True)
         except Exception as err:  # an estimate is a courtesy: the trials report their own errors
             print(f"the trials train on the CPU (could not time a step here: {err})", flush=True)
     del images
     tracker, record = _open_tracking(spec, old, args.mlflow_uri)
     sweep_state.write_spec(sweep_dir, resolved(spec))
     sweep_state.write_state(sweep_dir, record)
-    display = SweepDisplay(spec)
+    display = SweepDisplay(spec, start=pace)
     callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display)]
     tuner = _tuner(spec, sweep_dir, cluster, callbacks)
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
