@@ -202,7 +202,10 @@ class SweepTracker:
             table = None
         if table is not None:
             best, front = best_values(table, objectives), front_table(table, objectives)
-            log_metrics(self.client, self.parent_run_id, best, 0)
+            # The step is the number of ranked trials, so a relaunch that finished none logs none.
+            step = int(best["trials_ranked"])
+            if step not in logged_steps(self.client, self.parent_run_id, "trials_ranked"):
+                log_metrics(self.client, self.parent_run_id, best, step)
             self.client.log_table(self.parent_run_id, front, PARETO_TABLE)
             self.client.set_tag(self.parent_run_id, NOTE_TAG, front_note(best, front))
         self.client.set_terminated(self.parent_run_id, "FINISHED" if finished else "KILLED")

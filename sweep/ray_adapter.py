@@ -239,14 +239,20 @@ def trial_row(trial_id: str, status: str, result: dict, config: dict, spec: Swee
             "live": live}
 
 
-def result_rows(grid, spec: SweepSpec) -> list[dict]:
-    """Rows for the summary from a ResultGrid (finished, errored or interrupted trials)."""
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        status = "ERROR" if result.error else ("TERMINATED" if metrics.get("done") else "PAUSED")
-        rows.append(trial_row(str(metrics.get("trial_id", "-")), status, metrics, result.config or {}, spec))
-    return rows
+class OutcomeCallback(tune.Callback):
+    """Each trial's row as Tune ends the experiment (finished, stopped or interrupted), with Tune's
+    own status. A trial's last result does not say it: one restored TERMINATED after a kill comes
+    back with the `done` flag of its last report, False (Tune sets it on the result after caching
+    the trial's saved state)."""
+
+    def __init__(self, spec: SweepSpec):
+        self.spec, self.rows = spec, []
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "rows": []}
+
+    def on_experiment_end(self, trials, **info):
+        self.rows = [trial_row(t.trial_id, t.status, t.last_result, t.config, self.spec) for t in trials]
 
 
 class ProgressCallback(tune.Callback):

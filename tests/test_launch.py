@@ -3,6 +3,7 @@ dir. Each test runs `python -m sweep.launch` as a user would, in a subprocess.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import pytest
@@ -10,8 +11,8 @@ import pytest
 from trainable import layout as sweep_state
 from sweep.launch import main, rerun_command
 from sweep.spec import load_spec, resolved
-from tests.helpers import (SMOKE, assert_complete, iterations, recorded_a_checkpoint, run_launch,
-                           sigkill_then_resume, start_launch, trial_dirs, trial_runs, wait_until)
+from tests.helpers import (SMOKE, assert_complete, duplicate_steps, iterations, leave_hot_journal,
+                           recorded_a_checkpoint, run_launch, start_launch, trial_dirs, trial_runs, wait_until)
 
 
 @pytest.mark.integration
@@ -35,11 +36,65 @@ def test_smoke_sweep_end_to_end(smoke_sweep_dir):
     assert again.returncode == 0 and "is finished" in again.stdout
 
 
+ENDED = re.compile(r"^trial (\w+) (?:finished|stopped early[^:]*):", re.MULTILINE)
+
+
+def _ended_trials(tmp_path) -> set[str]:
+    """Trials any launch so far printed as ended (`trial X finished: ...`)."""
+    return {found for log in tmp_path.glob("run*.log") for found in ENDED.findall(log.read_text())}
+
+
+def _checkpoints(sweep_dir) -> int:
+    return sum(1 for trial_dir in trial_dirs(sweep_dir) for _ in trial_dir.glob("checkpoint_*"))
+
+
 @pytest.mark.integration
 @pytest.mark.slow
-def test_sigkill_then_same_command_resumes(tmp_path):
-    # epochs of a second or two, so the kill lands mid-sweep
-    sigkill_then_resume(tmp_path, 6, "--set", "data.synthetic_size=800")
+def test_kills_at_the_moments_that_matter_then_the_same_command_finishes(tmp_path):
+    """One sweep, its launcher's process group SIGKILLed at each moment in turn, each on its event:
+    right after the 1st trial ended, during a trial's report (its checkpoint folder appears), right
+    after the 2nd, with a hot MLflow journal left by a process killed mid-write, and right after the
+    3rd. Each time the same command goes on; it then finishes within two relaunches with every trial
+    finished, one MLflow run per trial and no step logged twice in any run, the parent's included."""
+    command = ("--set", "max_concurrent=2", "--set", "train.epochs=3", "--set", "data.synthetic_size=400")
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    moments = [("after the 1st trial ended", lambda: len(_ended_trials(tmp_path)) >= 1),
+               ("during a report", lambda: _checkpoints(sweep_dir) > reports_before),
+               ("after the 2nd trial ended", lambda: len(_ended_trials(tmp_path)) >= 2),
+               ("during an MLflow write", None),
+               ("after the 3rd trial ended", lambda: len(_ended_trials(tmp_path)) >= 3)]
+    killed, launches, before = [], 0, {}
+    for moment, happened in moments:
+        if happened is None:
+            leave_hot_journal(tmp_path / "mlflow.db")
+            killed.append(moment)
+            continue
+        reports_before = _checkpoints(sweep_dir)
+        launches += 1
+        process = start_launch(tmp_path, *command, log_name=f"run{launches}.log")
+        if not wait_until(happened, process):     # the sweep ended before the moment came
+            assert process.returncode == 0, (tmp_path / f"run{launches}.log").read_text()[-3000:]
+            break
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        killed.append(moment)
+        before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
+    assert len(killed) >= 3, killed        # at least the 1st end, a report and the 2nd end were hit
+    for relaunch in range(2):
+        done = run_launch(tmp_path, *command)
+        if done.returncode == 0:
+            break
+    assert done.returncode == 0 and "sweep finished: 4 trials" in done.stdout, \
+        (killed, done.stdout[-3000:] + done.stderr[-3000:])
+    assert_complete(tmp_path, epochs=3)
+    assert duplicate_steps(tmp_path) == {}
+    for trial_dir in trial_dirs(sweep_dir):   # a killed trial continued from its checkpoint, not from 1
+        after = iterations(trial_dir)[len(before.get(trial_dir.name, [])):]
+        if before.get(trial_dir.name) and after:
+            assert after[0] > 1, (trial_dir.name, before[trial_dir.name], after)
+    again = run_launch(tmp_path, *command)
+    assert again.returncode == 0 and "is finished" in again.stdout
+    assert duplicate_steps(tmp_path) == {}
 
 
 @pytest.mark.integration
