@@ -240,19 +240,27 @@ def trial_row(trial_id: str, status: str, result: dict, config: dict, spec: Swee
 
 
 class OutcomeCallback(tune.Callback):
-    """Each trial's row as Tune ends the experiment (finished, stopped or interrupted), with Tune's
-    own status. A trial's last result does not say it: one restored TERMINATED after a kill comes
-    back with the `done` flag of its last report, False (Tune sets it on the result after caching
-    the trial's saved state)."""
+    """Each trial's row with Tune's own status as the last step of the run left it. Not from a
+    trial's last result: one restored TERMINATED after a kill comes back with the `done` flag of its
+    last report, False (Tune sets it after saving the trial). Not at experiment end either: Tune's
+    cleanup after Ctrl+C marks the trials it stops TERMINATED."""
 
     def __init__(self, spec: SweepSpec):
-        self.spec, self.rows = spec, []
+        self.spec, self.rows, self._stepped = spec, [], False
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "rows": []}
+        return {**self.__dict__, "rows": [], "_stepped": False}
+
+    def _record(self, trials) -> None:
+        self.rows = [trial_row(t.trial_id, t.status, t.last_result, t.config, self.spec) for t in trials]
+
+    def on_step_end(self, iteration, trials, **info):
+        self._stepped = True
+        self._record(trials)
 
     def on_experiment_end(self, trials, **info):
-        self.rows = [trial_row(t.trial_id, t.status, t.last_result, t.config, self.spec) for t in trials]
+        if not self._stepped:      # a restored sweep with nothing left to run: cleanup stopped nothing
+            self._record(trials)
 
 
 class ProgressCallback(tune.Callback):

@@ -94,6 +94,13 @@ def test_kills_at_the_moments_that_matter_then_the_same_command_finishes(tmp_pat
             assert after[0] > 1, (trial_dir.name, before[trial_dir.name], after)
     again = run_launch(tmp_path, *command)
     assert again.returncode == 0 and "is finished" in again.stdout
+    # The last moment: Tune saved every trial TERMINATED, the launcher was killed before it wrote
+    # that the sweep is finished. Restored trials keep their last report's `done`, mostly False.
+    state = sweep_state.read_state(sweep_dir)
+    sweep_state.write_state(sweep_dir, sweep_state.SweepState(False, state.tracking_uri, state.experiment_name,
+                                                              state.parent_run_id))
+    last = run_launch(tmp_path, *command)
+    assert last.returncode == 0 and "sweep finished: 4 trials" in last.stdout, last.stdout[-3000:]
     assert duplicate_steps(tmp_path) == {}
 
 
