@@ -125,7 +125,7 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
     budget = run_launch(tmp_path, *command, "--set", "time_budget=1s")
     assert budget.returncode == 3, budget.stdout[-3000:] + budget.stderr[-3000:]
     closing = next(line for line in budget.stdout.splitlines() if line.startswith("time budget reached"))
-    assert "time_budget" not in closing and closing.endswith("--set train.epochs=4 --set data.synthetic_size=400")
+    assert "time_budget=1s" not in closing and closing.endswith("--set train.epochs=4 --set data.synthetic_size=400")
     assert not sweep_state.read_state(sweep_dir).finished
     before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
     done = run_launch(tmp_path, *command)
