@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import optuna
 import pandas as pd
 
-from analysis.load import EARLY_STOPPED, Sweep
+from analysis.sweep_table import EARLY_STOPPED, Sweep
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

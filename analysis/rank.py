@@ -15,7 +15,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from analysis.load import Sweep, SweepError, open_sweep
+from analysis.load import open_sweep
+from analysis.sweep_table import Sweep, SweepError
 from analysis.pareto import rank_table
 from trainable.files import write_text_atomic
 
