@@ -94,7 +94,7 @@ def _trial_seconds(cfg: Config, images: np.ndarray) -> tuple[float, float, int, 
 def cpu_estimate(spec, images: np.ndarray, cpus: float) -> str:
     """The rest of the launcher's 'no GPU: ' line: the sweep's length projected from steps measured
     now, and a CPU-sized sweep."""
-    from sweep.space import probe_config
+    from sweep.spec import probe_config
     probe = probe_config(spec.config, spec.space)
     threads = probe.train.threads or max(1, math.floor(cpus / spec.max_concurrent))   # as a trial gets
     cfg = apply_overrides(probe, {"train.threads": threads, "train.device": "cpu"})
