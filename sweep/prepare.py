@@ -86,7 +86,7 @@ def _timing(cfg: Config, images: np.ndarray, val: int) -> Timing:
 def cpu_estimate(spec, images: np.ndarray, cpus: float) -> tuple[str, Pace]:
     """The rest of the launcher's 'no GPU: ' line (the sweep's length projected from steps measured
     now, and a CPU-sized sweep) and the pace it assumed, which the live display starts from."""
-    from sweep.space import probe_config
+    from sweep.spec import probe_config
     probe = probe_config(spec.config, spec.space)
     threads = probe.train.threads or max(1, math.floor(cpus / spec.max_concurrent))   # as a trial gets
     cfg = apply_overrides(probe, {"train.threads": threads, "train.device": "cpu"})

@@ -5,8 +5,9 @@ A row is a plain dict made by the Ray adapter: {"trial", "status" (Tune's), "epo
 reported), "epochs", "config" (searched values), "metrics" (last report), "live" (the trial's
 `sweep.trial_progress` record or None)}. A trial that ends or fails is one `event` line.
 The ETA is sweep.estimate's `Pace.seconds_for` the epochs left (in-epoch progress counted): at the
-median measured epoch time over the trials open at once, or before any epoch is measured at the
-launcher's measured pace (the time its no-GPU line printed). Columns are dropped, never cut, to fit the terminal; objectives stay.
+median measured epoch time over the trials open at once, or, before any epoch is measured, at the
+launcher's measured pace (the time its no-GPU line printed). Columns are dropped, never cut, to fit
+the terminal; objectives stay.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from rich.text import Text
 from analysis.pareto import Objective, front_indices
 from sweep.estimate import Pace, clock
 from sweep.spec import SweepSpec
+from trainable.names import control_symbol
 
 PLAIN_EVERY_S = 30.0
 BAR_CELLS = 10
@@ -113,8 +115,7 @@ def best_line(rows: Sequence[dict], objectives: Sequence[Objective]) -> str:
     for objective in objectives:
         scored = [r for r in rows if objective.metric in r["metrics"]]
         if scored:
-            pick = min if objective.mode == "min" else max
-            best = pick(scored, key=lambda r: r["metrics"][objective.metric])
+            best = min(scored, key=lambda r: objective.sign * r["metrics"][objective.metric])
             parts.append(f"{objective.metric} {_number(best['metrics'][objective.metric])} ({best['trial']})")
     return "best so far: " + ("; ".join(parts) if parts else "no reports yet")
 
@@ -132,11 +133,7 @@ def _epoch_cell(row: dict, bar: bool) -> str:
 
 def _short(key: str) -> str:
     """loss.saturation.weight → λ saturation, loss.saturation.target → σ saturation."""
-    parts = key.split(".")
-    symbols = {"weight": "λ", "target": "σ"}
-    if len(parts) == 3 and parts[0] == "loss" and parts[2] in symbols:
-        return f"{symbols[parts[2]]} {parts[1]}"
-    return parts[-1]
+    return control_symbol(key, " ") or key.split(".")[-1]
 
 
 def _columns(rows: Sequence[dict], spec: SweepSpec, bar: bool) -> list[tuple[str, list[str], bool]]:
@@ -188,11 +185,10 @@ def trial_table(rows: Sequence[dict], spec: SweepSpec, width: int, live: bool = 
 def ordered(rows: Sequence[dict], objectives: Sequence[Objective]) -> list[dict]:
     """Running trials first, then waiting ones, then ended ones by the first objective."""
     first = objectives[0]
-    sign = 1 if first.mode == "min" else -1
 
     def key(row):
         value = row["metrics"].get(first.metric)
-        return ORDER.get(state_of(row), 9), sign * value if isinstance(value, (int, float)) else float("inf"), row["trial"]
+        return ORDER.get(state_of(row), 9), first.sign * value if isinstance(value, (int, float)) else float("inf"), row["trial"]
     return sorted(rows, key=key)
 
 

@@ -27,8 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweep.pack_server import server_name
-from sweep.space import SpecError
-from sweep.spec import SweepSpec
+from sweep.spec import SpecError, SweepSpec
 from sweep.trial_progress import TrialProgress, read_progress
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import apply_overrides, flatten, from_dict, to_dict

@@ -10,8 +10,7 @@ import pytest
 
 from sweep.estimate import Pace, Timing, clock, cpu_sized, no_gpu_line
 from sweep.progress import SweepDisplay, eta_seconds, headline
-from sweep.space import probe_config
-from sweep.spec import load_spec
+from sweep.spec import load_spec, probe_config
 from trainable.config import apply_overrides
 
 MAIN_JOB = Path(__file__).resolve().parents[1] / "search_spaces" / "saturation.yaml"
