@@ -183,26 +183,6 @@ class Stop:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def _tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list):
-    from ray import tune
-
-    from sweep.ray_adapter import build_scheduler, build_searcher, trainable_for
-    trainable = trainable_for(spec, cluster, sweep_dir)
-    if tune.Tuner.can_restore(str(sweep_dir)):
-        print(f"resuming {spec.name} from {sweep_dir}")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
-        # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
-        # client); this run's replace them. No public setter: ray-project/ray#41364.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner
-    tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
-                                  num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
-    run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
-                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                failure_config=tune.FailureConfig(max_failures=1), verbose=0)
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-
-
 def _start_pack_server(spec: SweepSpec, cluster: dict):
     """With `pack` > 1 one actor owns the GPU and trains the trials' models together."""
     if spec.pack == 1:
@@ -248,7 +228,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         _move_aside(sweep_dir)
     _quiet_environment(local=args.address is None)
     from sweep.progress import SweepDisplay
-    from sweep.ray_adapter import OutcomeCallback, ProgressCallback, TrackingCallback, build_searcher
+    from sweep.ray_adapter import OutcomeCallback, ProgressCallback, TrackingCallback, build_searcher, build_tuner
     build_searcher(spec)  # sampler problems (cmaes without its package) before Ray starts
     cluster = _start_ray(args.address)
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
@@ -268,7 +248,9 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     display = SweepDisplay(spec, start=pace)
     ended = OutcomeCallback(spec)
     callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display), ended]
-    tuner = _tuner(spec, sweep_dir, cluster, callbacks)
+    tuner, restored = build_tuner(spec, sweep_dir, cluster, callbacks)
+    if restored:
+        print(f"resuming {spec.name} from {sweep_dir}")
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
     remaining = None if spec.time_budget_s is None else spec.time_budget_s - (time.monotonic() - started)
     stop = Stop(remaining)

@@ -168,6 +168,24 @@ def trainable_for(spec: SweepSpec, cluster: dict[str, float], sweep_dir: Path):
     return tune.with_resources(trial, resources)
 
 
+def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list) -> tuple[tune.Tuner, bool]:
+    """(the sweep's Tuner, whether it was restored): restored from `sweep_dir` when Tune saved one
+    there, else new. A restored Tuner gets this run's callbacks, not the ones pickled at the start."""
+    trainable = trainable_for(spec, cluster, sweep_dir)
+    if tune.Tuner.can_restore(str(sweep_dir)):
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+        # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
+        # client); this run's replace them. No public setter: ray-project/ray#41364.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner, True
+    tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
+                                  num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
+    run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                failure_config=tune.FailureConfig(max_failures=1), verbose=0)
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
+
+
 class TrackingCallback(tune.Callback):
     """Forwards Tune's driver-side events to the MLflow `SweepTracker` (the only MLflow writer)."""
 
