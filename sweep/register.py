@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from analysis import tracking
 from analysis.store import StoreError, resolve_tracking_uri
-from sweep.colorize import load_model
+from trainable.colorizer import load_model
 from sweep.serving import GENERATOR, describe, input_example, signature
 from trainable.export import ModelError
 
