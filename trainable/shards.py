@@ -20,6 +20,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import time
@@ -40,6 +41,9 @@ from trainable.shard_sources import find_source
 GRAY_CHECK_SIZE = 32     # the gray test runs on a thumbnail: mean chroma barely depends on resolution
 FULL_DISK = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 NAMED_SKIPS = 20         # unreadable images named in the last line; index.json lists them all
+
+# trainable.files' temp names for our files: a kill between writing and renaming leaves one behind
+OUR_TEMP = re.compile(r"^\.(index\.json|(train|val)-\d{6}\.bin)\..+\.tmp$")
 
 _source = None           # the source a conversion worker reads (set before fork / in the initializer)
 
@@ -120,7 +124,7 @@ def _check_destination(src: Path, dst: Path) -> None:
         raise ShardError(f"{dst}: inside the source folder {src}; put the shards outside it")
     if dst.exists() and not dst.is_dir():
         raise ShardError(f"{dst}: a file, not a folder; give a new or empty folder for the shards")
-    if dst.is_dir() and any(dst.iterdir()) and not (dst / INDEX).is_file():
+    if dst.is_dir() and any(not OUR_TEMP.match(p.name) for p in dst.iterdir()) and not (dst / INDEX).is_file():
         raise ShardError(f"{dst}: not empty and holds no {INDEX}; give a new or empty folder for the shards")
 
 
@@ -141,13 +145,14 @@ def _done_shards(dst: Path, settings: dict) -> dict:
         changed = sorted(k for k in settings if index.settings.get(k) != settings[k])
         raise ShardError(f"{dst}: holds a conversion with other {', '.join(changed)}; "
                          f"give a new folder or repeat that conversion's command")
-    for name, entry in index.shards.items():
+    present = {name: entry for name, entry in index.shards.items() if (dst / name).is_file()}
+    for name, entry in present.items():   # a missing one is written again; a damaged one is refused
         check_shard(dst / name, entry, checksum=True)
-    return dict(index.shards)
+    return present
 
 
 def _summary(dst: Path, shards: dict, seconds: float, converted: int) -> str:
-    unreadable = [name for entry in shards.values() for name in entry["unreadable"]]
+    unreadable = sorted(name for entry in shards.values() for name in entry["unreadable"])
     gray = sum(entry["gray"] for entry in shards.values())
     counts = {split: sum(e["count"] for e in shards.values() if e["split"] == split) for split in ("train", "val")}
     megabytes = sum(e["bytes"] for e in shards.values()) / 1e6
@@ -161,10 +166,10 @@ def _summary(dst: Path, shards: dict, seconds: float, converted: int) -> str:
     return line
 
 
-def _progress():
+def _progress(show: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     return Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-                    TimeRemainingColumn(), transient=True)
+                    TimeRemainingColumn(), transient=True, disable=not show)
 
 
 def convert(src: Path, dst: Path, args, show: bool = True) -> str:
@@ -179,12 +184,14 @@ def convert(src: Path, dst: Path, args, show: bool = True) -> str:
     tasks = [(dst, settings, split, k, items) for split, k, items in
              plan(len(source.names), args.seed, args.val_fraction, args.shard_images) if shard_name(split, k) not in shards]
     dst.mkdir(parents=True, exist_ok=True)
+    for stale in (p for p in dst.iterdir() if OUR_TEMP.match(p.name)):
+        stale.unlink()
     write_text_atomic(dst / INDEX, index_text(settings, shards, complete=not tasks))
     _source, start = source, time.perf_counter()
     planned = len(shards) + len(tasks)
     converted = sum(len(task[-1]) for task in tasks)
-    with _progress() as bar:
-        bar_task = bar.add_task("", total=len(source.names), completed=len(source.names) - converted, visible=show)
+    with _progress(show) as bar:
+        bar_task = bar.add_task("", total=len(source.names), completed=len(source.names) - converted)
         for name, entry in _results(tasks, args.workers):
             shards[name] = entry
             write_text_atomic(dst / INDEX, index_text(settings, shards, complete=len(shards) == planned))
