@@ -251,7 +251,7 @@ def test_a_full_disk_stops_with_one_line_and_the_same_command_finishes(tmp_path)
     src = _plain_tree(tmp_path / "src", 12)
     dst = tmp_path / "dst"
     args = [str(src), str(dst), "--size", "32", "--shard-images", "4", "--workers", "1", "--quiet", "--codec", "raw"]
-    limit = ("import resource, signal, sys, runpy\n"
+    limit = ("import resource, signal, sys\n"
              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
              "resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))\n"
              "from trainable.shards import main\n"

@@ -181,8 +181,8 @@ def convert(src: Path, dst: Path, args, show: bool = True) -> str:
     source = find_source(src)
     settings = _settings(args, source)
     shards = _done_shards(dst, settings)
-    tasks = [(dst, settings, split, k, items) for split, k, items in
-             plan(len(source.names), args.seed, args.val_fraction, args.shard_images) if shard_name(split, k) not in shards]
+    every = plan(len(source.names), args.seed, args.val_fraction, args.shard_images)
+    tasks = [(dst, settings, split, k, items) for split, k, items in every if shard_name(split, k) not in shards]
     dst.mkdir(parents=True, exist_ok=True)
     for stale in (p for p in dst.iterdir() if OUR_TEMP.match(p.name)):
         stale.unlink()

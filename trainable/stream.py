@@ -28,6 +28,7 @@ from PIL import Image
 from trainable.color import rgb_to_lab_normalized
 from trainable.shard_format import ShardError, open_shards, read_offsets
 
+VAL_BYTES = 1 << 30   # the validation set is kept on the device as float Lab; more needs data.val_limit
 MIX_SHARDS = 8        # shards whose images are mixed together within an epoch
 OPEN_SHARDS = 32      # shard files a reader keeps open
 
@@ -115,7 +116,8 @@ class ShardStream:
     """A shard folder as training batches with an exact, resumable position, and a validation set.
 
     train_limit / val_limit (0 = all) cut each split to its first images in the converted (already
-    shuffled) order. Validation images are center-cropped to image_size and kept on the device.
+    shuffled) order. Validation images are center-cropped to image_size and kept on the device, at
+    most VAL_BYTES of them: a larger validation split needs val_limit.
     """
 
     def __init__(self, path: str | Path, batch_size: int, image_size: int, device: torch.device | str = "cpu",
@@ -138,6 +140,10 @@ class ShardStream:
     def _load_val(self, index, limit: int) -> torch.Tensor:
         shards = index.split("val")
         counts = _cut([entry["count"] for _, entry in shards], limit)
+        need = sum(counts) * 3 * self.image_size ** 2 * 4
+        if need > VAL_BYTES:
+            raise ShardError(f"{index.root}: its {sum(counts)} validation images would take {need / 2 ** 30:.1f} GiB "
+                             f"on the device; set data.val_limit (e.g. {VAL_BYTES // (12 * self.image_size ** 2)})")
         reader = ShardReader([p for p, _ in shards], index.codec, index.image_size)
         corner = (index.image_size - self.image_size) // 2
         box = (corner, corner, self.image_size)
