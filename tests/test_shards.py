@@ -303,3 +303,21 @@ def test_stream_resumes_at_the_exact_batch(shards):
     resumed.load_state_dict(state)
     seen += list(resumed)
     assert len(seen) == len(whole) and all(torch.equal(a, b) for a, b in zip(seen, whole))
+
+
+def test_an_epoch_holds_every_training_image_once_as_lab_maybe_mirrored(shards):
+    """Crops the size of the stored images are the images: each batch item is the Lab of one stored
+    image or of its mirror, and an epoch of 9-image batches holds all 27 once."""
+    from trainable.data import to_lab
+    index = open_shards(shards)
+    stored = _stored_images(shards)[index.count("val"):]
+    lab = to_lab(np.stack(stored), "cpu")
+    both = torch.cat([lab, lab.flip(-1)])
+    stream = ShardStream(shards, 9, 32, workers=0, seed=2)
+    seen = []
+    for batch in stream:
+        for image in batch:
+            distance = (both - image).abs().flatten(1).amax(1)
+            assert distance.min() < 1e-5
+            seen.append(int(distance.argmin()) % len(lab))
+    assert sorted(seen) == list(range(len(lab)))

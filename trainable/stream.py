@@ -31,6 +31,7 @@ from trainable.shard_format import ShardError, open_shards, read_offsets
 VAL_BYTES = 1 << 30   # the validation set is kept on the device as float Lab; more needs data.val_limit
 MIX_SHARDS = 8        # shards whose images are mixed together within an epoch
 OPEN_SHARDS = 32      # shard files a reader keeps open
+LAB_PIXELS = 1 << 19  # pixels a worker converts to Lab at once: bounds its float scratch memory
 
 
 class ShardReader:
@@ -88,6 +89,15 @@ def _to_lab(batch: torch.Tensor) -> torch.Tensor:
     return rgb_to_lab_normalized(batch.float() / 255)
 
 
+def _to_lab_in_parts(batch: torch.Tensor) -> torch.Tensor:
+    """_to_lab a few images at a time, so a worker never holds the whole batch's intermediates."""
+    lab = torch.empty(batch.shape, dtype=torch.float32)
+    step = max(1, LAB_PIXELS // (batch.shape[-1] * batch.shape[-2]))
+    for start in range(0, len(batch), step):
+        lab[start:start + step] = _to_lab(batch[start:start + step])
+    return lab
+
+
 class EpochBatches(torch.utils.data.Dataset):
     """Batch b of one epoch, made in a loader worker: uint8 (B, 3, crop, crop), or Lab with lab."""
 
@@ -109,7 +119,7 @@ class EpochBatches(torch.utils.data.Dataset):
             window = self.reader.image(shard, slot, (int(corners[j, 0]), int(corners[j, 1]), self.crop))
             out[j] = window[:, ::-1] if flips[j] else window
         batch = torch.from_numpy(out).permute(0, 3, 1, 2)
-        return _to_lab(batch) if self.lab else batch
+        return _to_lab_in_parts(batch) if self.lab else batch
 
 
 class ShardStream:
