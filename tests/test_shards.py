@@ -143,7 +143,7 @@ def test_places365_layout_reads_its_file_list_as_folder_and_as_tar(tmp_path):
     assert {n: e["sha256"] for n, e in folder.shards.items()} == {n: e["sha256"] for n, e in tar_index.shards.items()}
 
 
-def test_npz_converts_and_a_second_run_checks_and_changes_nothing(tmp_path, capsys):
+def test_npz_and_cifar10_convert_and_a_second_run_checks_and_changes_nothing(tmp_path, capsys):
     images = np.stack([np.asarray(_colored(i, 32)) for i in range(10)])
     np.savez(tmp_path / "set.npz", images=images)
     assert _convert(tmp_path / "set.npz", tmp_path / "dst") == 0
@@ -151,6 +151,12 @@ def test_npz_converts_and_a_second_run_checks_and_changes_nothing(tmp_path, caps
     assert _convert(tmp_path / "set.npz", tmp_path / "dst") == 0
     assert (tmp_path / "dst" / INDEX).read_text() == first and "nothing left to do" in capsys.readouterr().out
     assert json.loads(first)["settings"]["kind"] == "npz"
+    cifar = tmp_path / "cifar10"                   # a CIFAR-10 folder in the form its cache takes
+    cifar.mkdir()
+    np.savez(cifar / "train.npz", images=images)
+    assert _convert(cifar, tmp_path / "from_cifar") == 0
+    from_cifar = open_shards(tmp_path / "from_cifar")
+    assert from_cifar.settings["kind"] == "cifar10" and from_cifar.count("train") + from_cifar.count("val") == 10
 
 
 def _run(args: list[str], **kwargs) -> subprocess.Popen:
