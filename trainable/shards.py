@@ -45,10 +45,10 @@ NAMED_SKIPS = 20         # unreadable images named in the last line; index.json 
 # trainable.files' temp names for our files: a kill between writing and renaming leaves one behind
 OUR_TEMP = re.compile(r"^\.(index\.json|(train|val)-\d{6}\.bin)\..+\.tmp$")
 
-_source = None           # the source a conversion worker reads (set before fork / in the initializer)
+_source = None           # the source being converted; set before the pool forks, so workers inherit it
 
 
-def _encode(item, size: int, codec: str, quality: int) -> np.ndarray | bytes:
+def _encode(item, size: int, codec: str, quality: int) -> tuple[bytes, np.ndarray]:
     """One source item → (stored bytes, (size, size, 3) uint8 pixels); raises UNREADABLE errors."""
     if isinstance(item, np.ndarray):
         image = Image.fromarray(item)
