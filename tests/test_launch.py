@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from trainable import layout as sweep_state
+from trainable.checkpoint import load_checkpoint
 from sweep.launch import main, rerun_command
 from sweep.spec import load_spec, resolved
 from tests.helpers import (SMOKE, assert_complete, duplicate_steps, iterations, leave_hot_journal,
@@ -119,6 +120,10 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
     assert process.wait() == 130, (tmp_path / "first_run.log").read_text()[-3000:]
     interrupted = (tmp_path / "first_run.log").read_text()
     assert "interrupted, state saved; to continue: python -m sweep.launch" in interrupted
+    # the running trials saved where they were in their epoch before Tune stopped them
+    saved = [load_checkpoint(folder) for folder in (sweep_dir / "interrupted").iterdir()]
+    assert saved and all(state["epoch_step"] > 0 for state in saved), interrupted[-3000:]
+    assert not (sweep_dir / ".stop").exists()
     for noise in ("Tuner.restore", "Checkpoint successfully created", "Token authentication", "ensorBoard",
                   "Traceback", "\x1b["):
         assert noise not in interrupted, noise

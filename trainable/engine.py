@@ -107,6 +107,9 @@ class Trainer:
         self.conditioning = Conditioning(cfg.loss, self.device) if cfg.loss.conditioned() else None
         self.epoch = 0
         self.step = 0
+        # Where an epoch stopped mid-way (trainable.loop.Interrupted): steps done, the data generator
+        # as the epoch began (its plan is drawn again) and the loss sums so far; 0/None/{} between epochs.
+        self.epoch_step, self.epoch_rng, self.epoch_sums = 0, None, {}
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -217,6 +220,7 @@ class Trainer:
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "rng": self.rng.get_state(),
+                "epoch_step": self.epoch_step, "epoch_rng": self.epoch_rng, "epoch_sums": dict(self.epoch_sums),
                 "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng}
 
     def load_state_dict(self, state: dict) -> None:
@@ -231,6 +235,8 @@ class Trainer:
         # torch's global RNG states are saved but not restored: no step draws from them (randomness
         # comes from self.rng), and setting them would reach every trainer of the process
         self.rng.set_state(state["rng"])
+        if "epoch_step" in state:         # checkpoints written before mid-epoch positions have none
+            self.epoch_step, self.epoch_rng, self.epoch_sums = state["epoch_step"], state["epoch_rng"], state["epoch_sums"]
 
 
 def check_resumable(state: dict, cfg: Config) -> None:
