@@ -5,6 +5,7 @@ link into the repository leads to a file and a heading that exist; no internal i
 from __future__ import annotations
 
 import ast
+import csv
 import importlib
 import importlib.util
 import re
@@ -182,6 +183,9 @@ def test_readme_rank_runs_as_written_on_the_smoke_sweep(smoke_sweep_dir, tmp_pat
     done = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=launch_env(), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-1500:]
-    rows = (tmp_path / "ranking.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(trial_dirs(smoke_sweep_dir)), rows
-    assert rows[0].split(",")[0] == "rank", rows[0]
+    with open(tmp_path / "ranking.csv", newline="") as table:
+        rows = list(csv.DictReader(table))
+    assert len(rows) == len(trial_dirs(smoke_sweep_dir))
+    ranked = sorted((int(float(row["rank"])), row["trial_id"]) for row in rows if row["rank"])
+    assert [rank for rank, _ in ranked] == list(range(1, len(rows) + 1)), ranked   # every smoke trial finishes
+    assert ranked[0][1] in done.stdout
