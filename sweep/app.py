@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sweep.colorize import SCALES, ColorModel, colorize_array, colorize_variants, load_model, strip_image
+from trainable.colorizer import SCALES, ColorModel, colorize_array, colorize_variants, load_model, strip_image
 from trainable.export import ModelError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
