@@ -103,7 +103,7 @@ def _auth_env_for_cluster() -> None:
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if not os.environ.get("RAY_AUTH_TOKEN") and not token_file.exists():
         raise LaunchError("--address: the cluster's token is missing: set RAY_AUTH_TOKEN to the contents of "
-                          "the head node's ~/.ray/auth_token (or copy that file here); see README 'Scaling out'")
+                          "the head node's ~/.ray/auth_token (or copy that file here); see docs/scaling.md")
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 

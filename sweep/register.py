@@ -65,12 +65,17 @@ def register(generator: str | Path, name: str, tracking_uri: str | None = None,
     return version, f"models:/{name}/{version}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     summary = " ".join(__doc__.split("\n\n")[0].split())     # the first paragraph, not its first line
     parser = argparse.ArgumentParser(prog="python -m sweep.register", description=summary)
     parser.add_argument("model", help="exported generator.pt")
     parser.add_argument("--name", required=True, help="registered model name (a new version each time)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking store (default: MLflow's, MLFLOW_TRACKING_URI)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.name.strip() or "'" in args.name:
         parser.error("--name must not be empty or hold a quote (')")

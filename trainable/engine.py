@@ -55,7 +55,7 @@ def setup_process(cfg: Config) -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if resolve_device(cfg.train.device).type == "cpu":
-        # Near-gray pixels give denormal ab values, slow on x86 (README, Speed); zero looks the same.
+        # Near-gray pixels give denormal ab values, slow on x86 (docs/benchmarks.md); zero looks the same.
         torch.set_flush_denormal(True)
     torch.manual_seed(cfg.train.seed)
 
@@ -63,7 +63,7 @@ def setup_process(cfg: Config) -> None:
 def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32. On CUDA, bf16 pays only at large batches or in a
     captured graph (the eager step at batch 128 is launch-bound); on a CPU with AMX at every width
-    (README, Speed)."""
+    (docs/benchmarks.md)."""
     choice = cfg.train.precision
     if choice == "fp32":
         return None
@@ -78,7 +78,7 @@ def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
-    """channels_last where it was measured to pay: the CPU (README, Speed)."""
+    """channels_last where it was measured to pay: the CPU (docs/benchmarks.md)."""
     on = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cpu")
     return torch.channels_last if on else torch.contiguous_format
 
