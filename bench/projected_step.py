@@ -1,4 +1,4 @@
-"""What `model.output=projected` costs per training step on the CPU, against `learned` (issue 21).
+"""What `model.output=projected` costs per training step on the CPU, against `learned`.
 
     python -m bench.projected_step [--widths 0.25 0.5] [--steps 6] [--threads 1]
 

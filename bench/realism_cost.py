@@ -1,4 +1,4 @@
-"""What the realism metrics cost per report (issue 21): `Trainer.evaluate` with val_kid_controlled at
+"""What the realism metrics cost per report: `Trainer.evaluate` with val_kid_controlled at
 several input sizes and reference counts, against the same evaluate without it, on this CPU.
 
     python -m bench.realism_cost --npz ../shared/data/cifar10/test.npz [--threads 2] [--repeats 2]

@@ -1,5 +1,5 @@
 """Realism against a natural reference: the reference and its judged range, the artefact metric and
-KID on known image sets (issue 21's known-answer tests), and the metrics in a training folder."""
+KID on known image sets, and the metrics in a training folder."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""`model.output=projected`: the generator's last layer moves its ab onto the asked targets (issue 21).
+"""`model.output=projected`: the generator's last layer moves its ab onto the asked targets.
 
 The move is `trainable.adjust.adjust_to_targets`, onto each image's requested targets for a
 conditioned generator (read back from its condition vector c) and onto the fixed targets

@@ -1,4 +1,4 @@
-"""Realism judged against natural images that have the asked statistics (issue 21).
+"""Realism judged against natural images that have the asked statistics.
 
 A target σ is judged against a *natural reference*: the validation images whose own statistic lies
 within REFERENCE_BAND of σ, the `count` nearest of them. Real images chroma-scaled to σ are not
