@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from analysis.pareto import Objective
 
 SAVED_VIEW_TAG = "mlflow.sharedViewState."   # + key: MLflow 3.17's saved views of the runs page
-TRIALS_VIEW = "colorsweep-trials"            # the key; one view per experiment, rewritten at each launch
+TRIALS_VIEW = "colorsweep-trials"            # the key: one view per experiment, rewritten when it changes
 TRIALS_VIEW_NAME = "colorsweep: trials"      # shown in the UI's list of saved views
 SERVER = "http://127.0.0.1:5000/"             # `mlflow ui`'s default address
 WORKFLOW = "workflowType=machine_learning"    # MLflow 3: the runs page, not the GenAI one
@@ -31,7 +31,7 @@ CHAR_PX, HEADER_PADDING_PX = 8, 48            # a header's characters and its so
 
 
 def column(kind: str, key: str) -> str:
-    """A runs-table column as MLflow names it (its `makeCanonicalSortKey`): kind.`key`."""
+    """A runs-table column as the UI names it (its column ids and sort keys): kind.`key`."""
     return f"{kind}.`{key}`"
 
 
@@ -60,12 +60,13 @@ def save_trials_view(tracking_uri: str, experiment_id: str, role_tag: str, searc
     client = MlflowClient(tracking_uri)
     key = SAVED_VIEW_TAG + TRIALS_VIEW
     state = json.dumps(trials_view_state(role_tag, searched, objectives))
-    old = client.get_experiment(experiment_id).tags.get(key)
-    created = json.loads(old)["createdAt"] if old else int(time.time() * 1000)
-    if old and json.loads(old)["state"] == state:
-        return
-    envelope = {"name": TRIALS_VIEW_NAME, "createdAt": created, "updatedAt": int(time.time() * 1000),
-                "state": state}
+    try:
+        if json.loads(client.get_experiment(experiment_id).tags[key])["state"] == state:
+            return
+    except (KeyError, TypeError, ValueError):   # no view yet, or not one this module wrote
+        pass
+    now = int(time.time() * 1000)
+    envelope = {"name": TRIALS_VIEW_NAME, "createdAt": now, "updatedAt": now, "state": state}
     client.set_experiment_tag(experiment_id, key, json.dumps(envelope))
 
 

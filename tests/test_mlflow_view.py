@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.mlflow_view import (SAVED_VIEW_TAG, SERVER, TRIALS_VIEW, column, trial_run_name,
-                                  trials_view_state, trials_view_url)
+from analysis.mlflow_view import (SAVED_VIEW_TAG, SERVER, TRIALS_VIEW, column, save_trials_view,
+                                  trial_run_name, trials_view_state, trials_view_url)
 from analysis.pareto import Objective
+from analysis.store import ensure_store
 from analysis.tracking import ROLE
 from sweep.spec import load_spec
 from tests.helpers import SMOKE, chromium
@@ -44,6 +45,24 @@ def test_trial_run_name_puts_the_id_first_and_keeps_colliding_keys_whole():
         "4d76f90a weight=10.6 target=0.536 conditioning=film"
     assert trial_run_name("a", {"loss.saturation.weight": 2.0, "loss.hue.weight": 3, "train.lr": 1e-4}) == \
         "a loss.saturation.weight=2 loss.hue.weight=3 lr=0.0001"
+
+
+@pytest.mark.slow
+def test_view_is_written_once_and_rewritten_when_the_spec_changes_it(tmp_path):
+    from mlflow import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_store(uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("sweep")
+    client.set_experiment_tag(experiment, SAVED_VIEW_TAG + TRIALS_VIEW, "not JSON")
+    saved = lambda: json.loads(client.get_experiment(experiment).tags[SAVED_VIEW_TAG + TRIALS_VIEW])
+    save_trials_view(uri, experiment, ROLE, SEARCHED, OBJECTIVES)
+    first = saved()
+    assert json.loads(first["state"]) == trials_view_state(ROLE, SEARCHED, OBJECTIVES)
+    save_trials_view(uri, experiment, ROLE, SEARCHED, OBJECTIVES)      # a resume of the same spec
+    assert saved() == first
+    save_trials_view(uri, experiment, ROLE, SEARCHED[:1], OBJECTIVES)
+    assert json.loads(saved()["state"])["selectedColumns"][-1] == column("params", SEARCHED[0])
 
 
 @pytest.mark.slow
