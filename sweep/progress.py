@@ -272,6 +272,6 @@ def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking
     if experiment_id is not None:
         from analysis.mlflow_view import TRIALS_VIEW_NAME, run_page_url, trials_view_url
         console.print(Text(f"          then open {trials_view_url(experiment_id)}"), soft_wrap=True)
-        console.print(Text(f"          (from the experiment page: the views menu at the top right → {TRIALS_VIEW_NAME})"))
+        console.print(Text(f"          (or, on the experiment page: Views, top right → {TRIALS_VIEW_NAME})"))
         if parent_run_id is not None:
             console.print(Text(f"          best values: {run_page_url(experiment_id, parent_run_id)}"), soft_wrap=True)
