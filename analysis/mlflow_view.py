@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from mlflow import MlflowClient
 
+from analysis.mlflow_runs import ROLE
 from analysis.pareto import Objective
 
 SAVED_VIEW_TAG = "mlflow.sharedViewState."   # + key: MLflow 3.17's saved views of the runs page
@@ -42,24 +43,24 @@ def header_width(name: str) -> int:
     return CHAR_PX * len(key) + HEADER_PADDING_PX
 
 
-def trials_view_state(role_tag: str, searched: Sequence[str], objectives: Sequence[Objective]) -> dict:
+def trials_view_state(searched: Sequence[str], objectives: Sequence[Objective]) -> dict:
     """The saved view's state: trial runs only (so not nested), sorted by the first objective, the
     searched params then the objectives as columns."""
     first = objectives[0]
     columns = [column("metrics", o.metric) for o in objectives] + [column("params", key) for key in searched]
-    return {"searchFilter": f"tags.`{role_tag}` = 'trial'",
+    return {"searchFilter": f"tags.`{ROLE}` = 'trial'",
             "orderByKey": column("metrics", first.metric), "orderByAsc": first.mode == "min",
             "selectedColumns": columns, "columnOrder": columns,
             "columnWidths": {name: header_width(name) for name in columns},
             "runsHiddenMode": SHOW_ALL_RUNS}
 
 
-def save_trials_view(tracking_uri: str, experiment_id: str, role_tag: str, searched: Sequence[str],
+def save_trials_view(tracking_uri: str, experiment_id: str, searched: Sequence[str],
                      objectives: Sequence[Objective]) -> None:
     """Write (or rewrite, when the spec's space or objectives changed) the experiment's trials view."""
     client = MlflowClient(tracking_uri)
     key = SAVED_VIEW_TAG + TRIALS_VIEW
-    state = json.dumps(trials_view_state(role_tag, searched, objectives))
+    state = json.dumps(trials_view_state(searched, objectives))
     try:
         if json.loads(client.get_experiment(experiment_id).tags[key])["state"] == state:
             return

@@ -1,11 +1,12 @@
-"""Every MLflow call of colorsweep, for the sweep, the final run and the analysis alike.
+"""The one MLflow writer of colorsweep: the sweep's runs, the final run, the report and registered
+models' runs. Where runs are found and how they are read back is `analysis.mlflow_runs`.
 
 A sweep is one experiment (tagged as model training, so MLflow 3 opens its runs view) holding a
-parent run (colorsweep.role=sweep), one child run per trial (tags trial_id, colorsweep.role=trial)
-and the final run (colorsweep.role=final, final=true). Only the driver writes (one writer: no
-sqlite locking). Writes go in batches of MLflow's limit and skip steps a run already holds, so a
-resumed sweep or final run finds its run again (by tag or id) and logs each epoch once.
-MlflowClient with explicit run ids, no fluent active run. Nothing here knows Ray.
+parent run, one child run per trial and the final run (tags in `analysis.mlflow_runs`). Only the
+driver writes (one writer: no sqlite locking). Writes go in batches of MLflow's limit and skip
+steps a run already holds, so a resumed sweep or final run finds its run again (by tag or id) and
+logs each epoch once. MlflowClient with explicit run ids, no fluent active run. Nothing here knows
+Ray.
 """
 from __future__ import annotations
 
@@ -17,28 +18,25 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from analysis.load import Sweep, SweepError, mark_early_stopped, varying_params
+from analysis.mlflow_runs import LOST, PARENT, ROLE, STEP_METRIC, TRIAL_ID, load_mlflow_sweep, trial_runs
 from analysis.pareto import DEFAULT_OBJECTIVES, Objective, best_values, front_note, front_table, rank_table
 from analysis.store import ensure_store, existing_store, resolve_tracking_uri
+from analysis.sweep_table import Sweep, SweepError
 from trainable.layout import SweepState
 
-ROLE = "colorsweep.role"              # sweep | trial | final
-TRIAL_ID = "trial_id"
-PARENT = "mlflow.parentRunId"
-LOST = "colorsweep.lost"              # runs of trials a crash lost before Tune saved them
 SWEEP, SWEEP_PATH = "colorsweep.sweep", "colorsweep.sweep_path"
+SOURCE = "colorsweep.source"          # the generator file a registered run was made from
+MODEL_ARTIFACT = "model"
 FINAL_TRIAL, FINAL_RANK, FINAL_SOURCE = "colorsweep.trial_id", "colorsweep.trial_rank", "colorsweep.trial_run_id"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3 UI: runs, not traces
-STEP_METRIC = "epoch"                 # every report carries it; its history says which steps are logged
 BATCH = 100                           # MLflow's limit of params / metrics per log_batch call
 PARETO_TABLE = "pareto_front.json"
 NOTE_TAG = "mlflow.note.content"   # the run description MLflow shows on the run page
-STATUS_FROM_MLFLOW = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "KILLED",
-                      "RUNNING": "RUNNING", "SCHEDULED": "PENDING"}
 # Tune's bookkeeping fields that are not worth a metric series.
 SKIPPED_RESULT_KEYS = frozenset({"timestamp", "pid", "done", "time_since_restore", "trial_id", "date", "hostname",
                                  "iterations_since_restore", "should_checkpoint", "node_ip", "checkpoint_dir_name"})
@@ -123,11 +121,6 @@ def reopened(client: MlflowClient, run_id: str, experiment: str | None = None) -
         return False
     client.update_run(run_id, status="RUNNING")
     return True
-
-
-def trial_runs(client: MlflowClient, experiment: str, extra: str = "") -> list:
-    query = f"tags.`{ROLE}` = 'trial'{extra}"
-    return client.search_runs([experiment], filter_string=query, max_results=10000)
 
 
 class SweepTracker:
@@ -216,46 +209,6 @@ def client_for(state: SweepState | None) -> MlflowClient:
     return MlflowClient(tracking_uri=state.tracking_uri if state else None)
 
 
-def _history_frame(client: MlflowClient, run_id: str, metrics: Sequence[str]) -> pd.DataFrame:
-    columns = {}
-    for key in metrics:
-        history = client.get_metric_history(run_id, key)
-        columns[key] = pd.Series({m.step: m.value for m in history}, dtype=float)
-    frame = pd.DataFrame(columns).sort_index()
-    if STEP_METRIC not in frame:  # the step is the epoch
-        frame.insert(0, STEP_METRIC, frame.index)
-    return frame.reset_index(drop=True)
-
-
-def load_mlflow_sweep(experiment: str, tracking_uri: str | None = None,
-                      objectives: Sequence[Objective] | None = None) -> Sweep:
-    """The same table as `analysis.load.load_sweep`, from the trial runs of an experiment."""
-    uri = resolve_tracking_uri(tracking_uri)
-    if existing_store(uri) is None:
-        raise SweepError(f"no MLflow store at {uri}")
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise SweepError(f"no MLflow experiment named {experiment!r} at {uri}")
-    runs = [r for r in trial_runs(client, found.experiment_id) if r.data.tags.get(LOST) != "true"]
-    if not runs:
-        raise SweepError(f"MLflow experiment {experiment!r} holds no trial runs (tag {TRIAL_ID})")
-    rows, curves, configs = [], {}, []
-    for run in runs:
-        trial_id = run.data.tags[TRIAL_ID]
-        curves[trial_id] = _history_frame(client, run.info.run_id, list(run.data.metrics))
-        rows.append({"trial_id": trial_id, "status": STATUS_FROM_MLFLOW.get(run.info.status, run.info.status),
-                     "iterations": len(curves[trial_id]), "error": "", "path": "", "checkpoint": "",
-                     "run_id": run.info.run_id, **run.data.metrics})
-        configs.append(run.data.params)
-    configs = pd.DataFrame(configs)
-    params = varying_params(configs)
-    numeric = configs[params].apply(pd.to_numeric, errors="coerce")
-    table = pd.concat([pd.DataFrame(rows), numeric.where(numeric.notna(), configs[params])], axis=1)
-    return Sweep(name=experiment, table=mark_early_stopped(table), params=params,
-                 objectives=tuple(objectives or DEFAULT_OBJECTIVES), curves=curves)
-
-
 def log_report(state: SweepState | None, files: Sequence[Path], artifact_path: str = "report") -> str | None:
     """Attach report files to the sweep's parent run; returns its run id (None: no parent run)."""
     if not (state and state.parent_run_id):
@@ -301,3 +254,33 @@ def finish_final_run(state: SweepState | None, run_id: str, files: Sequence[Path
     for path in files:
         log_file(client, run_id, path, None)
     client.set_terminated(run_id, "FINISHED")
+
+
+def registered_version(tracking_uri: str, name: str, run_id: str) -> str | None:
+    """The version of registered model `name` that `run_id` already holds, if any."""
+    if existing_store(tracking_uri) is None:
+        return None
+    done = MlflowClient(tracking_uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return str(done[0].version) if done else None
+
+
+def log_model_version(tracking_uri: str, name: str, model_folder: Path, run_id: str | None, source: Path,
+                      description: str) -> str:
+    """Log a saved pyfunc model folder under `model/` of `run_id` (else of a new run tagged
+    registered, in the experiment named `name`) and register it as a new version of `name`."""
+    ensure_store(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    own_run = run_id is None
+    if own_run:
+        tags = {ROLE: "registered", SOURCE: str(Path(source).resolve())}
+        run_id = client.create_run(experiment_id(client, name), run_name=f"register-{name}", tags=tags).info.run_id
+    client.log_artifacts(run_id, str(model_folder), MODEL_ARTIFACT)
+    if own_run:
+        client.set_terminated(run_id, "FINISHED")
+    try:
+        client.create_registered_model(name, description="colorsweep colorizer (sweep.serving)")
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    artifacts = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+    return str(client.create_model_version(name, artifacts, run_id=run_id, description=description).version)

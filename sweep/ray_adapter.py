@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,15 +28,14 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweep.pack_server import server_name
-from sweep.space import SpecError
-from sweep.spec import SweepSpec
+from sweep.spec import SpecError, SweepSpec
 from sweep.trial_progress import TrialProgress, read_progress
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import apply_overrides, flatten, from_dict, to_dict
 from trainable.engine import Trainer, setup_process
 from trainable.export import export_generator
-from trainable.layout import GENERATOR, REPORT, SAMPLES
-from trainable.loop import LocalRun, Report, run_epochs
+from trainable.layout import GENERATOR, INTERRUPTED_DIR, REPORT, SAMPLES
+from trainable.loop import Interrupted, LocalRun, Report, run_epochs
 
 PACKED_TRIAL_CPU = 0.05
 
@@ -115,20 +115,33 @@ def _restored_state() -> dict | None:
         return load_checkpoint(folder)
 
 
+def _position(state: dict | None) -> tuple[int, int]:
+    return (-1, -1) if state is None else (state["epoch"], state.get("epoch_step", 0))
+
+
 def train_trial(config: dict, spec: SweepSpec, threads: int, sweep_dir: str) -> None:
     """Tune's function trainable: one trial from its searched values to its last epoch; its
-    in-epoch progress goes to a small file the driver's display reads (sweep/trial_progress.py)."""
+    in-epoch progress goes to a small file the driver's display reads (sweep/trial_progress.py).
+    When the launcher stops (Ctrl+C, the time budget) it asks through STOP_FILE: the trial saves
+    where it is in its epoch and waits for Tune to end it; a rerun starts at the next step."""
     cfg = spec.trial_config(config)
     if cfg.train.threads == 0:
         cfg = apply_overrides(cfg, {"train.threads": threads})
     setup_process(cfg)
     trainer = Trainer(cfg)
-    state = _restored_state()
+    trial_id = tune.get_context().get_trial_id()
+    saved_here = Path(sweep_dir) / INTERRUPTED_DIR / trial_id
+    state = max(_restored_state(), load_checkpoint(saved_here), key=_position)
     if state is not None:
         trainer.load_state_dict(state)
     run = LocalRun(trainer)
-    progress = TrialProgress(sweep_dir, tune.get_context().get_trial_id(), run, cfg.train.epochs)
-    run_epochs(run, report_to_tune, cfg.train.epochs, spec.report_every, progress)
+    progress = TrialProgress(sweep_dir, trial_id, run, cfg.train.epochs)
+    try:
+        run_epochs(run, report_to_tune, cfg.train.epochs, spec.report_every, progress, stop=progress.stop_asked)
+    except Interrupted:
+        save_checkpoint(saved_here, trainer.state_dict())
+        progress.saved()
+        threading.Event().wait()     # Tune ends this trial now; returning would mark it finished
 
 
 class PackedRun:
@@ -137,7 +150,8 @@ class PackedRun:
     def __init__(self, server, trial_id: str, epoch: int):
         self.server, self.trial_id, self.epoch = server, trial_id, epoch
 
-    def advance(self, progress=None) -> dict[str, float]:
+    def advance(self, progress=None, stop=None) -> dict[str, float]:
+        """One epoch in the pack server; packed trials stop at epoch ends (they step together)."""
         losses = ray.get(self.server.advance.remote(self.trial_id))
         self.epoch += 1
         return losses
@@ -167,6 +181,24 @@ def trainable_for(spec: SweepSpec, cluster: dict[str, float], sweep_dir: Path):
     threads = max(1, math.floor(resources["cpu"]))
     trial = tune.with_parameters(train_trial, spec=spec, threads=threads, sweep_dir=str(sweep_dir))
     return tune.with_resources(trial, resources)
+
+
+def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list) -> tuple[tune.Tuner, bool]:
+    """(the sweep's Tuner, whether it was restored): restored from `sweep_dir` when Tune saved one
+    there, else new. A restored Tuner gets this run's callbacks, not the ones pickled at the start."""
+    trainable = trainable_for(spec, cluster, sweep_dir)
+    if tune.Tuner.can_restore(str(sweep_dir)):
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+        # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
+        # client); this run's replace them. No public setter: ray-project/ray#41364.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner, True
+    tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
+                                  num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
+    run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                failure_config=tune.FailureConfig(max_failures=1), verbose=0)
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
 
 
 class TrackingCallback(tune.Callback):
@@ -258,6 +290,9 @@ class OutcomeCallback(tune.Callback):
     def on_step_end(self, iteration, trials, **info):
         self._stepped = True
         self._record(trials)
+
+    def running(self) -> set[str]:
+        return {row["trial"] for row in self.rows if row["status"] == "RUNNING"}
 
     def on_experiment_end(self, trials, **info):
         if not self._stepped:      # a restored sweep with nothing left to run: cleanup stopped nothing

@@ -15,7 +15,7 @@ from PIL import Image
 
 from analysis import rank, report
 from analysis.load import load_sweep
-from analysis.tracking import load_mlflow_sweep
+from analysis.mlflow_runs import load_mlflow_sweep
 from tests.helpers import chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,7 +17,7 @@ from analysis.mlflow_view import (SAVED_VIEW_TAG, SERVER, TRIALS_VIEW, column, s
                                   trial_run_name, trials_view_state, trials_view_url)
 from analysis.pareto import Objective
 from analysis.store import ensure_store
-from analysis.tracking import ROLE
+from analysis.mlflow_runs import ROLE
 from sweep.spec import load_spec
 from tests.helpers import SMOKE, chromium
 
@@ -28,10 +28,10 @@ DOM_TRIES = 5   # a dump that ran before the runs arrived is retried, each try a
 
 
 def test_view_lists_trials_only_best_first_with_searched_and_objective_columns():
-    state = trials_view_state("colorsweep.role", SEARCHED, OBJECTIVES)
+    state = trials_view_state(SEARCHED, OBJECTIVES)
     assert state["searchFilter"] == "tags.`colorsweep.role` = 'trial'"
     assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_control_error`", True)
-    assert trials_view_state("r", SEARCHED, OBJECTIVES[::-1])["orderByAsc"] is False
+    assert trials_view_state(SEARCHED, OBJECTIVES[::-1])["orderByAsc"] is False
     assert state["selectedColumns"] == ["metrics.`val_control_error`", "metrics.`val_realism_abhist`",
                                         "params.`loss.saturation.weight`", "params.`loss.saturation.target`"]
     assert state["columnOrder"] == state["selectedColumns"] == list(state["columnWidths"])
@@ -56,12 +56,12 @@ def test_view_is_written_once_and_rewritten_when_the_spec_changes_it(tmp_path):
     experiment = client.create_experiment("sweep")
     client.set_experiment_tag(experiment, SAVED_VIEW_TAG + TRIALS_VIEW, "not JSON")
     saved = lambda: json.loads(client.get_experiment(experiment).tags[SAVED_VIEW_TAG + TRIALS_VIEW])
-    save_trials_view(uri, experiment, ROLE, SEARCHED, OBJECTIVES)
+    save_trials_view(uri, experiment, SEARCHED, OBJECTIVES)
     first = saved()
-    assert json.loads(first["state"]) == trials_view_state(ROLE, SEARCHED, OBJECTIVES)
-    save_trials_view(uri, experiment, ROLE, SEARCHED, OBJECTIVES)      # a resume of the same spec
+    assert json.loads(first["state"]) == trials_view_state(SEARCHED, OBJECTIVES)
+    save_trials_view(uri, experiment, SEARCHED, OBJECTIVES)      # a resume of the same spec
     assert saved() == first
-    save_trials_view(uri, experiment, ROLE, SEARCHED[:1], OBJECTIVES)
+    save_trials_view(uri, experiment, SEARCHED[:1], OBJECTIVES)
     assert json.loads(saved()["state"])["selectedColumns"][-1] == column("params", SEARCHED[0])
 
 
@@ -78,7 +78,7 @@ def test_printed_url_shows_every_trial_as_a_row_with_objective_columns(smoke_swe
     assert printed == trials_view_url(experiment.experiment_id)
     spec = load_spec(SMOKE)
     saved = json.loads(experiment.tags[SAVED_VIEW_TAG + TRIALS_VIEW])
-    assert json.loads(saved["state"]) == trials_view_state(ROLE, list(spec.space), spec.objectives)
+    assert json.loads(saved["state"]) == trials_view_state(list(spec.space), spec.objectives)
     trials = client.search_runs([experiment.experiment_id], f"tags.`{ROLE}` = 'trial'")
     assert len(trials) == spec.num_samples == 4
     assert all(run.info.run_name.startswith(run.data.tags["trial_id"] + " weight=") for run in trials)

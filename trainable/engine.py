@@ -55,7 +55,7 @@ def setup_process(cfg: Config) -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if resolve_device(cfg.train.device).type == "cpu":
-        # Near-gray pixels give denormal ab values, slow on x86 (README, Speed); zero looks the same.
+        # Near-gray pixels give denormal ab values, slow on x86 (docs/benchmarks.md); zero looks the same.
         torch.set_flush_denormal(True)
     torch.manual_seed(cfg.train.seed)
 
@@ -63,7 +63,7 @@ def setup_process(cfg: Config) -> None:
 def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32. On CUDA, bf16 pays only at large batches or in a
     captured graph (the eager step at batch 128 is launch-bound); on a CPU with AMX at every width
-    (README, Speed)."""
+    (docs/benchmarks.md)."""
     choice = cfg.train.precision
     if choice == "fp32":
         return None
@@ -78,7 +78,7 @@ def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
-    """channels_last where it was measured to pay: the CPU (README, Speed)."""
+    """channels_last where it was measured to pay: the CPU (docs/benchmarks.md)."""
     on = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cpu")
     return torch.channels_last if on else torch.contiguous_format
 
@@ -107,6 +107,9 @@ class Trainer:
         self.conditioning = Conditioning(cfg.loss, self.device) if cfg.loss.conditioned() else None
         self.epoch = 0
         self.step = 0
+        # Where an epoch stopped mid-way (trainable.loop.Interrupted): steps done, the data generator
+        # as the epoch began (its plan is drawn again) and the loss sums so far; 0/None/{} between epochs.
+        self.epoch_step, self.epoch_rng, self.epoch_sums = 0, None, {}
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -217,6 +220,7 @@ class Trainer:
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "rng": self.rng.get_state(),
+                "epoch_step": self.epoch_step, "epoch_rng": self.epoch_rng, "epoch_sums": dict(self.epoch_sums),
                 "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng}
 
     def load_state_dict(self, state: dict) -> None:
@@ -231,6 +235,8 @@ class Trainer:
         # torch's global RNG states are saved but not restored: no step draws from them (randomness
         # comes from self.rng), and setting them would reach every trainer of the process
         self.rng.set_state(state["rng"])
+        if "epoch_step" in state:         # checkpoints written before mid-epoch positions have none
+            self.epoch_step, self.epoch_rng, self.epoch_sums = state["epoch_step"], state["epoch_rng"], state["epoch_sums"]
 
 
 def check_resumable(state: dict, cfg: Config) -> None:

@@ -4,7 +4,7 @@ A training folder (`trainable.train`, a sweep's `final/`): `checkpoint/latest.pt
 `config.yaml`, `metrics.jsonl`. A trial checkpoint (one per Tune report): `latest.pt`, `samples.png`,
 `generator.pt`, `report.json`. A sweep folder: Tune's files plus `colorsweep_spec.yaml` (the
 resolved spec, checked on every resume), `colorsweep_state.json` (finished flag, where MLflow
-writes) and `final/` (`final.json`, `test_metrics.json`, `samples.png`, `generator.pt`).
+writes), `interrupted/<trial_id>/` (a trial's state saved mid-epoch as its launcher stopped) and `final/` (`final.json`, `test_metrics.json`, `samples.png`, `generator.pt`).
 Only json and yaml here (no torch, Ray or MLflow): spec checks, the analysis and the cores read it.
 """
 from __future__ import annotations
@@ -32,6 +32,8 @@ STATE_FILE = "colorsweep_state.json"
 FINAL_DIR = "final"
 FINAL_RECORD = "final.json"
 TEST_METRICS = "test_metrics.json"
+STOP_FILE = ".stop"                   # in a sweep folder while its launcher stops: trials save where they are
+INTERRUPTED_DIR = "interrupted"       # in a sweep folder: <trial_id>/, the state a trial saved mid-epoch
 
 
 @dataclass(frozen=True)
