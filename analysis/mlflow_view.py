@@ -44,12 +44,12 @@ def header_width(name: str) -> int:
 
 
 def trials_view_state(searched: Sequence[str], objectives: Sequence[Objective]) -> dict:
-    """The saved view's state: trial runs only (so not nested), sorted by the first objective, the
-    searched params then the objectives as columns."""
+    """The saved view's state: trial runs only (so not nested), best first by the first objective,
+    the objectives then the searched params as columns."""
     first = objectives[0]
     columns = [column("metrics", o.metric) for o in objectives] + [column("params", key) for key in searched]
     return {"searchFilter": f"tags.`{ROLE}` = 'trial'",
-            "orderByKey": column("metrics", first.metric), "orderByAsc": first.mode == "min",
+            "orderByKey": column("metrics", first.metric), "orderByAsc": first.sign > 0,
             "selectedColumns": columns, "columnOrder": columns,
             "columnWidths": {name: header_width(name) for name in columns},
             "runsHiddenMode": SHOW_ALL_RUNS}
