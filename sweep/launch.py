@@ -222,10 +222,12 @@ def _show_packing(server) -> None:
 
 def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
     from mlflow.exceptions import MlflowException
+    from analysis.mlflow_view import save_trials_view
     from analysis.tracking import SweepTracker, start_sweep_run
     uri = old.tracking_uri if old else resolve_tracking_uri(mlflow_uri)
     try:
         experiment_id, parent = start_sweep_run(uri, spec.name, old.parent_run_id if old else None)
+        save_trials_view(uri, experiment_id, list(spec.space), spec.objectives)
     except MlflowException as err:
         raise LaunchError(f"MLflow store {uri}: {err.message}") from None
     return SweepTracker(uri, experiment_id, parent), sweep_state.SweepState(False, uri, spec.name, parent)

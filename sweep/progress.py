@@ -260,7 +260,8 @@ def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking
                  f"MLflow:   experiment '{spec.name}' — see it with: mlflow ui --backend-store-uri {tracking_uri}"):
         console.print(Text(line), soft_wrap=True)     # a command or path wrapped by rich cannot be pasted
     if experiment_id is not None:
-        from analysis.store import runs_view_url
-        console.print(Text(f"          then open {runs_view_url(experiment_id)}"))
+        from analysis.mlflow_view import TRIALS_VIEW_NAME, run_page_url, trials_view_url
+        console.print(Text(f"          then open {trials_view_url(experiment_id)}"), soft_wrap=True)
+        console.print(Text(f"          (or, on the experiment page: Views, top right → {TRIALS_VIEW_NAME})"))
         if parent_run_id is not None:
-            console.print(Text(f"          best values: {runs_view_url(experiment_id, parent_run_id)}"))
+            console.print(Text(f"          best values: {run_page_url(experiment_id, parent_run_id)}"), soft_wrap=True)

@@ -220,8 +220,9 @@ class TrackingCallback(tune.Callback):
                 print(f"MLflow: archived {lost} run(s) of trials lost before the last state save")
 
     def _run(self, trial) -> None:
+        from analysis.mlflow_view import trial_run_name   # driver only: trial workers never import MLflow
         params = flatten(to_dict(self.spec.trial_config(trial.config)))
-        self.tracker.trial_run(trial.trial_id, str(trial), params)
+        self.tracker.trial_run(trial.trial_id, trial_run_name(trial.trial_id, trial.config), params)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)

@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +45,11 @@ def wait_until(happened: Callable[[], bool], process: subprocess.Popen | None = 
             return happened()
         time.sleep(poll_s)
     return True
+
+
+def chromium() -> str | None:
+    """The headless browser of the page tests (.ci/run installs it with apt); None when missing."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def launch_command(tmp_path: Path, *extra: str) -> list[str]:
