@@ -12,12 +12,8 @@ no filter and no order other than by date, so the trials stay flat rows.
 """
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote
-
-from mlflow import MlflowClient
 
 from analysis.mlflow_runs import ROLE
 from analysis.pareto import Objective
@@ -55,22 +51,6 @@ def trials_view_state(searched: Sequence[str], objectives: Sequence[Objective]) 
             "runsHiddenMode": SHOW_ALL_RUNS}
 
 
-def save_trials_view(tracking_uri: str, experiment_id: str, searched: Sequence[str],
-                     objectives: Sequence[Objective]) -> None:
-    """Write (or rewrite, when the spec's space or objectives changed) the experiment's trials view."""
-    client = MlflowClient(tracking_uri)
-    key = SAVED_VIEW_TAG + TRIALS_VIEW
-    state = json.dumps(trials_view_state(searched, objectives))
-    try:
-        if json.loads(client.get_experiment(experiment_id).tags[key])["state"] == state:
-            return
-    except (KeyError, TypeError, ValueError):   # no view yet, or not one this module wrote
-        pass
-    now = int(time.time() * 1000)
-    envelope = {"name": TRIALS_VIEW_NAME, "createdAt": now, "updatedAt": now, "state": state}
-    client.set_experiment_tag(experiment_id, key, json.dumps(envelope))
-
-
 def trial_run_name(trial_id: str, searched: Mapping[str, object]) -> str:
     """`<trial id> weight=10.6 target=0.536`: the id first, so a name the parent run's page cuts
     still tells its trials apart; a key by its last part unless two searched keys share it."""
@@ -81,7 +61,8 @@ def trial_run_name(trial_id: str, searched: Mapping[str, object]) -> str:
 
 
 def trials_view_url(experiment_id: str, server: str = SERVER) -> str:
-    """The experiment's runs page opened on the trials view (`save_trials_view` wrote it)."""
+    """The experiment's runs page opened on the trials view (`analysis.tracking.save_trials_view`
+    wrote it)."""
     return f"{server}#/experiments/{experiment_id}/runs?viewStateShareKey={quote(TRIALS_VIEW)}&{WORKFLOW}"
 
 

@@ -222,8 +222,7 @@ def _show_packing(server) -> None:
 
 def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
     from mlflow.exceptions import MlflowException
-    from analysis.mlflow_view import save_trials_view
-    from analysis.tracking import SweepTracker, start_sweep_run
+    from analysis.tracking import SweepTracker, save_trials_view, start_sweep_run
     uri = old.tracking_uri if old else resolve_tracking_uri(mlflow_uri)
     try:
         experiment_id, parent = start_sweep_run(uri, spec.name, old.parent_run_id if old else None)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.mlflow_view import (SAVED_VIEW_TAG, SERVER, TRIALS_VIEW, column, save_trials_view,
-                                  trial_run_name, trials_view_state, trials_view_url)
+from analysis.mlflow_view import (SAVED_VIEW_TAG, SERVER, TRIALS_VIEW, column, trial_run_name, trials_view_state,
+                                  trials_view_url)
+from analysis.tracking import save_trials_view
 from analysis.pareto import Objective
 from analysis.store import ensure_store
 from analysis.mlflow_runs import ROLE
