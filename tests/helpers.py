@@ -123,11 +123,25 @@ def epoch_steps(tmp_path: Path, run_id: str, metric: str = "val_control_error") 
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
 
 
+def study_trials(url: str, name: str = "smoke") -> list:
+    import optuna
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def assert_study_agrees(url: str, statuses: dict[str, str]) -> None:
+    """The Optuna study holds one finished trial per Tune trial (same ids, none RUNNING, none twice)."""
+    trials = study_trials(url)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in trials) == sorted(statuses), trials
+    assert all(t.state.is_finished() and t.state.name != "FAIL" for t in trials), [t.state.name for t in trials]
+
+
 def assert_complete(tmp_path: Path, epochs: int) -> None:
-    """Every trial TERMINATED; exactly num_samples MLflow trial runs, one value per step."""
+    """Every trial TERMINATED and COMPLETE in the study; exactly num_samples MLflow trial runs, one
+    value per step."""
     sweep_dir = tmp_path / "sweeps" / "smoke"
     statuses = trial_statuses(sweep_dir)
     assert len(statuses) == 4 and set(statuses.values()) == {"TERMINATED"}, statuses
+    assert_study_agrees(f"sqlite:///{sweep_dir / 'study.db'}", statuses)
     runs = trial_runs(tmp_path)
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(statuses)
     for run in runs:

@@ -1,0 +1,108 @@
+"""The sweep's Optuna study in a storage colorsweep owns (sweep/study.py, ray_adapter.StudySearcher):
+the default SQLite file, a real PostgreSQL server (conftest.postgres_server), the bad inputs refused
+before Ray starts, and an ASHA-stopped trial told PRUNED."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from sweep.launch import main
+from sweep.spec import load_spec
+from sweep.study import StudyError, check_study, open_study, study_url
+from tests.helpers import SMOKE, run_launch, study_trials, trial_statuses
+
+
+def _smoke(*sets: str):
+    return load_spec(SMOKE, list(sets))
+
+
+def test_default_study_is_a_file_in_the_sweep_folder(tmp_path):
+    assert study_url(None, tmp_path / "smoke") == f"sqlite:///{tmp_path / 'smoke' / 'study.db'}"
+    check_study(study_url(None, tmp_path / "smoke"), _smoke())      # nothing there yet: fine, nothing made
+    assert not (tmp_path / "smoke").exists()
+
+
+@pytest.mark.parametrize("url, named", [("mysql://u:p@127.0.0.1/db", "scheme 'mysql'"),
+                                        ("not a url", "not a database URL")])
+def test_unsupported_storage_is_one_line_exit_2_and_nothing_made(tmp_path, capsys, url, named):
+    assert main([str(SMOKE), "--storage", str(tmp_path / "sweeps"), "--study-storage", url]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.slow   # Optuna makes its tables: about a second
+def test_study_made_by_another_spec_is_refused_naming_the_key(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    open_study(url, _smoke(), optuna.samplers.RandomSampler())
+    check_study(url, _smoke())
+    with pytest.raises(StudyError, match="num_samples was 4, now 5"):
+        check_study(url, _smoke("num_samples=5"))
+    check_study(url, _smoke("num_samples=5"), compare=False)   # --fresh moves it aside instead
+
+
+def _launch_main(tmp_path, url: str, *sets: str) -> int:
+    extra = [arg for assignment in sets for arg in ("--set", assignment)]
+    return main([str(SMOKE), "--storage", str(tmp_path / "sweeps"), "--study-storage", url, *extra])
+
+
+def _tables(url: str) -> list[str]:
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return sqlalchemy.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_postgres_bad_password_and_closed_port_are_one_line_exit_2(tmp_path, capsys, postgres_url):
+    user_host, database = postgres_url.rsplit("/", 1)
+    wrong = user_host.replace("postgres:", "postgres:wrong", 1) + "/" + database
+    assert _launch_main(tmp_path, wrong) == 2
+    err = capsys.readouterr().err.strip()
+    assert "password authentication failed" in err and len(err.splitlines()) == 1 and "wrong" not in err
+    with __import__("socket").socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    assert _launch_main(tmp_path, f"postgresql://postgres:x@127.0.0.1:{closed}/db") == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot connect" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "sweeps").exists() and _tables(postgres_url) == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_postgres_study_of_another_spec_is_refused_before_anything(tmp_path, capsys, postgres_url):
+    open_study(postgres_url, _smoke(), optuna.samplers.RandomSampler())
+    assert _launch_main(tmp_path, postgres_url, "num_samples=5") == 2
+    err = capsys.readouterr().err.strip()
+    assert "study 'smoke' was made by another spec: num_samples was 4, now 5" in err
+    assert len(err.splitlines()) == 1 and "@" in err and postgres_url.split(":")[2].split("@")[0] not in err
+    assert not (tmp_path / "sweeps").exists()
+    assert [s.study_name for s in optuna.get_all_study_summaries(postgres_url)] == ["smoke"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sweep_on_postgres_tells_asha_stopped_trials_pruned(tmp_path, postgres_url):
+    """Six smoke trials of three epochs with ASHA after one: the study in PostgreSQL holds six
+    trials, the finished ones COMPLETE with a value per report and the ones ASHA stopped PRUNED
+    (the same ones the analysis calls EARLY_STOPPED), with their reports."""
+    done = run_launch(tmp_path, "--study-storage", postgres_url, "--set", "num_samples=6",
+                      "--set", "train.epochs=3", "--set", "scheduler.type=asha", "--set", "scheduler.grace_period=1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "python -m sweep.dashboard" in done.stdout
+    trials = study_trials(postgres_url)
+    states = {t.user_attrs["tune_trial_id"]: t.state.name for t in trials}
+    assert sorted(states) == sorted(trial_statuses(tmp_path / "sweeps" / "smoke")) and len(states) == 6
+    assert set(states.values()) == {"COMPLETE", "PRUNED"}, states
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        assert steps and steps == list(range(1, steps[-1] + 1)), trial
+        assert (trial.state.name == "COMPLETE") == (steps[-1] == 3), trial
+    from analysis.load import load_sweep
+    table = load_sweep(tmp_path / "sweeps" / "smoke").table
+    early = set(table.loc[table["status"] == "EARLY_STOPPED", "trial_id"])
+    assert early == {trial for trial, state in states.items() if state == "PRUNED"}
