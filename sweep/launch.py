@@ -230,8 +230,8 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         _move_aside(sweep_dir, study_url)
     _quiet_environment(local=args.address is None)
     from sweep.progress import SweepDisplay
-    from sweep.ray_adapter import OutcomeCallback, ProgressCallback, TrackingCallback, _sampler, build_tuner
-    _sampler(spec)  # sampler problems (cmaes without its package) before Ray starts
+    from sweep.ray_adapter import OutcomeCallback, ProgressCallback, TrackingCallback, build_sampler, build_tuner
+    build_sampler(spec)  # sampler problems (cmaes without its package) before Ray starts
     cluster = _start_ray(args.address)
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.num_samples} trials, {min(spec.max_concurrent, spec.num_samples)} at a time", flush=True)

@@ -50,7 +50,7 @@ def _optuna_distribution(dist):
     return optuna.distributions.FloatDistribution(dist.low, dist.high, log=dist.log)
 
 
-def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     samplers = optuna.samplers
     if spec.sampler == "grid":
         grid = {key: list(d.values) for key, d in spec.space.items()}
@@ -100,9 +100,10 @@ def finished_all_epochs(result: dict, config: dict, spec: SweepSpec) -> bool:
 
 class StudySearcher(Searcher):
     """Optuna's ask and tell, driven from Tune, on the study in colorsweep's storage (sweep/study.py).
-    Not Ray's OptunaSearch: it tells a trial ASHA stopped COMPLETE with its truncated value, reports
-    no intermediate value of a multi-objective study, and pickles its study's trials with Tune's
-    state, so after a SIGKILL the trials asked since the last save stay RUNNING in the database.
+    Ray's OptunaSearch is not used: it tells a trial ASHA stopped COMPLETE with its truncated value,
+    reports no intermediate value of a multi-objective study, and pickles its study's trials with
+    Tune's state, so after a SIGKILL the trials asked since the last save stay RUNNING in the
+    database (docs/study.md).
 
     Here the database is the record: a Tune trial id maps to an Optuna trial (also written as the
     trial's `tune_trial_id` attribute); a trial ends COMPLETE when it ran every epoch, PRUNED when
@@ -125,7 +126,7 @@ class StudySearcher(Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            self._study = open_study(self.url, self.spec, _sampler(self.spec))
+            self._study = open_study(self.url, self.spec, build_sampler(self.spec))
             known = set(self.trials.values())
             self._orphans = [t._trial_id for t in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                              if t._trial_id not in known]
@@ -185,11 +186,6 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         self.trials = json.loads(Path(checkpoint_path).read_text())
         self._study = None
-
-
-def build_searcher(spec: SweepSpec, url: str, scheduler: EarlyStopRecorder | None = None) -> StudySearcher:
-    """Optuna on the sweep's study; several objectives make a multi-objective study."""
-    return StudySearcher(spec, url, scheduler)
 
 
 def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, float]:
@@ -292,7 +288,7 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list
         tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner, True
     scheduler = build_scheduler(spec)
-    tune_config = tune.TuneConfig(search_alg=build_searcher(spec, study_url, scheduler), scheduler=scheduler,
+    tune_config = tune.TuneConfig(search_alg=StudySearcher(spec, study_url, scheduler), scheduler=scheduler,
                                   num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
     run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -423,7 +419,8 @@ class ProgressCallback(tune.Callback):
         row = trial_row(trial.trial_id, "TERMINATED", trial.last_result, trial.config, self.spec)
         values = ", ".join(f"{o.metric} {row['metrics'][o.metric]:.4g}" for o in self.spec.objectives
                            if o.metric in row["metrics"])
-        how = "finished" if row["epoch"] >= row["epochs"] else f"stopped early (ASHA) after epoch {row['epoch']}"
+        how = "finished" if finished_all_epochs(trial.last_result, trial.config, self.spec) \
+            else f"stopped early (ASHA) after epoch {row['epoch']}"
         self.display.event(f"trial {trial.trial_id} {how}: {values}")
         self._update(trials, (trial.trial_id, "TERMINATED"))     # the table agrees with the line at once
 

@@ -8,7 +8,7 @@ import pytest
 
 from sweep.launch import main
 from sweep.spec import load_spec
-from sweep.study import StudyError, check_study, open_study, study_url
+from sweep.study import StudyError, check_study, move_study_aside, open_study, study_url
 from tests.helpers import SMOKE, run_launch, study_trials, trial_statuses
 
 
@@ -106,3 +106,15 @@ def test_sweep_on_postgres_tells_asha_stopped_trials_pruned(tmp_path, postgres_u
     table = load_sweep(tmp_path / "sweeps" / "smoke").table
     early = set(table.loc[table["status"] == "EARLY_STOPPED", "trial_id"])
     assert early == {trial for trial, state in states.items() if state == "PRUNED"}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_fresh_moves_a_postgres_study_aside_with_its_trials(postgres_url):
+    study = open_study(postgres_url, _smoke(), optuna.samplers.RandomSampler(seed=0))
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), [0.5, 0.25])
+    assert move_study_aside(postgres_url, "smoke", "smoke.old-1")
+    assert [s.study_name for s in optuna.get_all_study_summaries(postgres_url)] == ["smoke.old-1"]
+    moved = optuna.load_study(study_name="smoke.old-1", storage=postgres_url)
+    assert [t.values for t in moved.trials] == [[0.5, 0.25]] and "colorsweep_spec" in moved.user_attrs
+    assert not move_study_aside(postgres_url, "smoke", "smoke.old-2")      # nothing left to move
