@@ -25,7 +25,7 @@ from trainable import layout as sweep_state
 from analysis.store import StoreError, resolve_tracking_uri
 from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
-from sweep.study import check_study, shown, study_url as study_url_for
+from sweep.study import check_study, move_study_aside, shown, study_url as study_url_for
 from trainable.config_io import ConfigError
 from trainable.download import DataError
 
@@ -63,7 +63,6 @@ def rerun_command(argv: Sequence[str]) -> str:
 def _move_aside(sweep_dir: Path, study_url: str) -> None:
     """--fresh: the old sweep folder, MLflow experiment and study are renamed, never deleted."""
     from analysis.tracking import move_experiment_aside
-    from sweep.study import move_study_aside, shown
     try:
         old = sweep_state.read_state(sweep_dir)
     except ConfigError:    # a damaged state file must not stop a fresh start: the folder moves aside
@@ -78,10 +77,10 @@ def _move_aside(sweep_dir: Path, study_url: str) -> None:
         print(f"--fresh: renamed the old study in {shown(study_url)} to '{new_name}'")
 
 
-def _check_resume(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: str | None, study_url: str):
-    """A resume must match the saved spec (paths compared resolved) and the study's own, and the
-    database must answer → the saved state. Reads only."""
-    if fresh:
+def _check_resume(spec: SweepSpec, sweep_dir: Path, args, study_url: str):
+    """A resume must match the saved spec (paths compared resolved), its MLflow store and study
+    database, and the study's own spec; the database must answer → the saved state. Reads only."""
+    if args.fresh:
         check_study(study_url, spec, compare=False)
         return None
     old = sweep_state.read_state(sweep_dir)
@@ -91,12 +90,19 @@ def _check_resume(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: s
         if changed:
             raise SpecError(f"{changed} since this sweep started in {sweep_dir}; "
                             f"use the old spec to resume it, or --fresh to start over")
-    if old and tracking_uri and resolve_tracking_uri(tracking_uri) != old.tracking_uri:
+    if old and args.mlflow_uri and resolve_tracking_uri(args.mlflow_uri) != old.tracking_uri:
         raise SpecError(f"--mlflow-uri: this sweep logs to {old.tracking_uri}; resume it there or use --fresh")
-    if old and old.study_storage and shown(study_url) != old.study_storage:
-        raise SpecError(f"--study-storage: this sweep's study is in {old.study_storage}; resume it there or use --fresh")
+    if old and _study_record(args) != old.study_storage:
+        where = old.study_storage or f"{sweep_state.STUDY_DB} in the sweep folder (no --study-storage)"
+        raise SpecError(f"--study-storage: this sweep's study is in {where}; resume it there or use --fresh")
     check_study(study_url, spec, compare=True)
     return old
+
+
+def _study_record(args) -> str:
+    """What the state file keeps of --study-storage: the URL without its password, "" by default
+    (the sweep folder's own study.db, which moves with the folder)."""
+    return shown(args.study_storage) if args.study_storage else ""
 
 
 def _auth_env_for_cluster() -> None:
@@ -219,7 +225,7 @@ def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
 
 def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> int:
     study_url = study_url_for(args.study_storage, sweep_dir)
-    old = _check_resume(spec, sweep_dir, args.fresh, args.mlflow_uri, study_url)
+    old = _check_resume(spec, sweep_dir, args, study_url)
     if old and old.finished:
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
               f"MLflow: mlflow ui --backend-store-uri {old.tracking_uri}")
@@ -244,7 +250,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     del images
     tracker, record = _open_tracking(spec, old, args.mlflow_uri)
     sweep_state.write_spec(sweep_dir, resolved(spec))
-    record = dataclasses.replace(record, study_storage=shown(study_url))
+    record = dataclasses.replace(record, study_storage=_study_record(args))
     sweep_state.write_state(sweep_dir, record)
     display = SweepDisplay(spec)
     ended = OutcomeCallback(spec)
@@ -291,7 +297,7 @@ def _finish(spec, sweep_dir: Path, rows: list[dict], record, tracker, stopped: s
     tracker.end_sweep(finished, spec.objectives)
     sweep_state.write_state(sweep_dir, dataclasses.replace(record, finished=finished))
     # A database URL is shown with its password hidden (***): the user has it, the logs need not.
-    study = str(sweep_dir) if record.study_storage.startswith("sqlite") else shlex.quote(record.study_storage)
+    study = shlex.quote(record.study_storage) if record.study_storage else str(sweep_dir)
     show_summary(rows, spec, str(sweep_dir), record.tracking_uri, line, tracker.experiment_id,
                  tracker.parent_run_id, study)
     return code

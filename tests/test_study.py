@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from sweep.launch import main
-from sweep.spec import load_spec
+from sweep.spec import load_spec, resolved
 from sweep.study import StudyError, check_study, move_study_aside, open_study, study_url
 from tests.helpers import SMOKE, run_launch, study_trials, trial_statuses
 
@@ -89,7 +89,8 @@ def test_postgres_study_of_another_spec_is_refused_before_anything(tmp_path, cap
 def test_sweep_on_postgres_tells_asha_stopped_trials_pruned(tmp_path, postgres_url):
     """Six smoke trials of three epochs with ASHA after one: the study in PostgreSQL holds six
     trials, the finished ones COMPLETE with a value per report and the ones ASHA stopped PRUNED
-    (the same ones the analysis calls EARLY_STOPPED), with their reports."""
+    (the same ones the analysis calls EARLY_STOPPED), with their reports. Then --fresh moves that
+    study aside, whole, and a new one is made."""
     done = run_launch(tmp_path, "--study-storage", postgres_url, "--set", "num_samples=6",
                       "--set", "train.epochs=3", "--set", "scheduler.type=asha", "--set", "scheduler.grace_period=1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -106,6 +107,13 @@ def test_sweep_on_postgres_tells_asha_stopped_trials_pruned(tmp_path, postgres_u
     table = load_sweep(tmp_path / "sweeps" / "smoke").table
     early = set(table.loc[table["status"] == "EARLY_STOPPED", "trial_id"])
     assert early == {trial for trial, state in states.items() if state == "PRUNED"}
+    again = run_launch(tmp_path, "--study-storage", postgres_url, "--fresh", "--set", "num_samples=2",
+                       "--set", "train.epochs=1")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "--fresh: renamed the old study" in again.stdout
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(postgres_url))
+    assert names[0] == "smoke" and names[1].startswith("smoke.old-") and len(names) == 2
+    assert len(study_trials(postgres_url)) == 2 and len(study_trials(postgres_url, names[1])) == 6
 
 
 @pytest.mark.integration
@@ -118,3 +126,15 @@ def test_fresh_moves_a_postgres_study_aside_with_its_trials(postgres_url):
     moved = optuna.load_study(study_name="smoke.old-1", storage=postgres_url)
     assert [t.values for t in moved.trials] == [[0.5, 0.25]] and "colorsweep_spec" in moved.user_attrs
     assert not move_study_aside(postgres_url, "smoke", "smoke.old-2")      # nothing left to move
+
+
+def test_resume_with_another_study_storage_is_refused(tmp_path, capsys):
+    from trainable import layout
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    layout.write_spec(sweep_dir, resolved(_smoke()))
+    layout.write_state(sweep_dir, layout.SweepState(False, "sqlite:///m.db", "smoke", "parent"))
+    assert _launch_main(tmp_path, f"sqlite:///{tmp_path / 'other.db'}") == 2
+    err = capsys.readouterr().err.strip()
+    assert "study.db in the sweep folder" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "other.db").exists() and sorted(p.name for p in sweep_dir.iterdir()) == \
+        [layout.SPEC_FILE, layout.STATE_FILE]

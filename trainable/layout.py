@@ -42,7 +42,7 @@ class SweepState:
     tracking_uri: str
     experiment_name: str
     parent_run_id: str
-    study_storage: str = ""          # the study's database URL, password hidden ("" before it was kept)
+    study_storage: str = ""          # --study-storage without its password; "" for the sweep's own study.db
 
 
 def read_state(sweep_dir: Path) -> SweepState | None:
