@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,9 +37,13 @@ def test_a_folder_without_a_study_is_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_dashboard_answers_for_the_sweeps_study(smoke_sweep_dir, tmp_path):
+    """Started with the command the launcher's summary printed, on a free port."""
+    printed = re.search(r"see it with: python -m sweep\.dashboard (\S+)$",
+                        (smoke_sweep_dir.parents[1] / "launch.stdout").read_text(), re.MULTILINE)
+    assert printed and printed.group(1) == str(smoke_sweep_dir)
     port = _free_port()
     log = open(tmp_path / "dashboard.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "sweep.dashboard", str(smoke_sweep_dir), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "sweep.dashboard", printed.group(1), "--port", str(port)],
                               cwd=ROOT, env=launch_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
 
