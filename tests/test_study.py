@@ -138,3 +138,39 @@ def test_resume_with_another_study_storage_is_refused(tmp_path, capsys):
     assert "study.db in the sweep folder" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "other.db").exists() and sorted(p.name for p in sweep_dir.iterdir()) == \
         [layout.SPEC_FILE, layout.STATE_FILE]
+
+
+@pytest.mark.slow   # imports Ray and torch through sweep.ray_adapter
+def test_searcher_tells_each_ending_once_and_hands_out_asks_lost_at_a_kill(tmp_path):
+    """StudySearcher on a real SQLite study, called as Tune calls it: a trial that ran every epoch is
+    COMPLETE, one ASHA stopped PRUNED with its report, one stopped by Ctrl+C stays RUNNING; a second
+    ending is ignored; after a restore from an older save, the trial asked since is handed to the
+    next trial Tune asks for, with its params, instead of a new ask."""
+    from sweep.ray_adapter import StudySearcher, build_scheduler
+    spec = _smoke("scheduler.type=asha", "train.epochs=2", "report_every=1")
+    url, scheduler = f"sqlite:///{tmp_path / 'study.db'}", build_scheduler(spec)
+    searcher = StudySearcher(spec, url, scheduler)
+    for trial_id in ("done", "pruned", "stopped"):
+        searcher.suggest(trial_id)
+    searcher.save(str(tmp_path / "searcher.json"))
+    lost = searcher.suggest("lost")            # asked after the last save: a kill would lose it
+    report = {"val_control_error": 0.5, "val_realism_abhist": 0.9, "training_iteration": 1, "epoch": 1}
+    last = {**report, "training_iteration": 2, "epoch": 2}
+    searcher.on_trial_result("done", report)
+    searcher.on_trial_complete("done", last)
+    searcher.on_trial_complete("done", {**last, "val_control_error": 0.1})    # a rerun ends it again
+    scheduler.stopped.add("pruned")
+    searcher.on_trial_complete("pruned", report)
+    searcher.on_trial_complete("stopped", report)      # Tune's cleanup at Ctrl+C: no verdict
+    trials = {t.user_attrs["tune_trial_id"]: t for t in study_trials(url)}
+    assert trials["done"].state.name == "COMPLETE" and trials["done"].values == [0.5, 0.9]
+    assert trials["done"].intermediate_values == {1: 0.5, 2: 0.5}
+    assert trials["pruned"].state.name == "PRUNED" and trials["pruned"].intermediate_values == {1: 0.5}
+    assert trials["stopped"].state.name == "RUNNING" and trials["lost"].state.name == "RUNNING"
+
+    restored = StudySearcher(spec, url, build_scheduler(spec))
+    restored.restore(str(tmp_path / "searcher.json"))
+    assert restored.suggest("next") == lost
+    after = {t.user_attrs["tune_trial_id"]: t.number for t in study_trials(url)}
+    assert len(after) == 4 and after["next"] == trials["lost"].number and "lost" not in after
+    assert restored.suggest("new") != lost and len(study_trials(url)) == 5
