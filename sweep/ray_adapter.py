@@ -30,7 +30,7 @@ from ray.tune.utils.util import unflatten_dict
 
 from sweep.pack_server import server_name
 from sweep.spec import SpecError, SweepSpec
-from sweep.study import open_study
+from sweep.study import open_study, shown
 from sweep.trial_progress import TrialProgress, read_progress
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import apply_overrides, flatten, from_dict, to_dict
@@ -120,8 +120,10 @@ class StudySearcher(Searcher):
         self._study: optuna.Study | None = None
         self._orphans: list[int] | None = None
 
-    def __getstate__(self) -> dict:   # the study holds a database engine; it is reopened from the URL
-        return {**self.__dict__, "_study": None, "_orphans": None}
+    def __getstate__(self) -> dict:
+        """Tune pickles the searcher into the sweep folder (tuner.pkl): without the study (it holds a
+        database engine) and without the URL's password; `build_tuner` gives a restored one its URL."""
+        return {**self.__dict__, "url": shown(self.url), "_study": None, "_orphans": None}
 
     @property
     def study(self) -> optuna.Study:
@@ -286,6 +288,7 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list
         # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
         # client); this run's replace them. No public setter: ray-project/ray#41364.
         tuner._local_tuner.get_run_config().callbacks = callbacks
+        tuner._local_tuner._tune_config.search_alg.url = study_url     # pickled without its password
         return tuner, True
     scheduler = build_scheduler(spec)
     tune_config = tune.TuneConfig(search_alg=StudySearcher(spec, study_url, scheduler), scheduler=scheduler,

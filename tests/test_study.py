@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from sqlalchemy.engine import make_url
 
 from sweep.launch import main
 from sweep.spec import load_spec, resolved
 from sweep.study import StudyError, check_study, move_study_aside, open_study, study_url
-from tests.helpers import SMOKE, run_launch, study_trials, trial_statuses
+from tests.helpers import SMOKE, run_launch, sigkill_then_resume, study_trials, trial_statuses
 
 
 def _smoke(*sets: str):
@@ -174,3 +175,15 @@ def test_searcher_tells_each_ending_once_and_hands_out_asks_lost_at_a_kill(tmp_p
     after = {t.user_attrs["tune_trial_id"]: t.number for t in study_trials(url)}
     assert len(after) == 4 and after["next"] == trials["lost"].number and "lost" not in after
     assert restored.suggest("new") != lost and len(study_trials(url)) == 5
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sweep_on_postgres_resumes_after_sigkill_and_keeps_no_password(tmp_path, postgres_url):
+    """SIGKILL mid-sweep, the same command again: every Tune trial has one finished trial in the
+    PostgreSQL study, and no file of the sweep folder holds the database password (Tune pickles the
+    searcher there)."""
+    sigkill_then_resume(tmp_path, 3, "--study-storage", postgres_url, study_url=postgres_url)
+    password = make_url(postgres_url).password.encode()
+    holding = [p for p in (tmp_path / "sweeps").rglob("*") if p.is_file() and password in p.read_bytes()]
+    assert not holding
