@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trainable import layout as sweep_state
@@ -26,8 +26,10 @@ from analysis.store import StoreError, resolve_tracking_uri
 from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
 from sweep.study import check_study, move_study_aside, shown, study_url as study_url_for
+from sweep.trial_progress import clear_saved, saved_trials
 from trainable.config_io import ConfigError
 from trainable.download import DataError
+from trainable.files import folder_problem, write_text_atomic
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_STUCK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 # Ray's own lines that tell a user of this launcher nothing (our summary says it, or names this
@@ -56,8 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def rerun_command(argv: Sequence[str]) -> str:
-    """The command that continues this sweep: the one given, less --fresh (which would start over)."""
-    return shlex.join(["python", "-m", "sweep.launch", *(a for a in argv if a != "--fresh")])
+    """The command that continues this sweep: the one given, less --fresh (which would start over)
+    and less --set time_budget=... (a budget for that one run; the next run gets the spec's)."""
+    kept: list[str] = []
+    for arg in argv:
+        if arg == "--fresh" or arg.startswith("--set=time_budget="):
+            continue
+        if arg.startswith("time_budget=") and kept[-1:] == ["--set"]:
+            kept.pop()
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", "sweep.launch", *kept])
 
 
 def _move_aside(sweep_dir: Path, study_url: str) -> None:
@@ -112,7 +123,7 @@ def _auth_env_for_cluster() -> None:
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if not os.environ.get("RAY_AUTH_TOKEN") and not token_file.exists():
         raise LaunchError("--address: the cluster's token is missing: set RAY_AUTH_TOKEN to the contents of "
-                          "the head node's ~/.ray/auth_token (or copy that file here); see README 'Scaling out'")
+                          "the head node's ~/.ray/auth_token (or copy that file here); see docs/scaling.md")
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
@@ -163,12 +174,18 @@ def _start_ray(address: str | None) -> dict[str, float]:
 
 
 class Stop:
-    """Why Tune's run was stopped, if it was: Ctrl+C or the time budget. Either one asks Tune to stop
-    through SIGUSR1, its documented stop signal (Tune's own SIGINT handler is off), so the launcher
-    knows which happened; a second Ctrl+C raises KeyboardInterrupt as usual."""
+    """Why Tune's run was stopped, if it was: Ctrl+C or the time budget. Either one first lets the
+    running trials save where they are in their epoch (STOP_FILE; each answers through its progress
+    folder, waited for at most SAVE_GRACE_S), then asks Tune to stop through SIGUSR1, its documented
+    stop signal (Tune's own SIGINT handler is off), so the launcher knows which happened. A second
+    Ctrl+C raises KeyboardInterrupt as usual."""
+    SAVE_GRACE_S = 10.0
 
-    def __init__(self, budget_s: float | None):
+    def __init__(self, budget_s: float | None, sweep_dir: Path, running: Callable[[], set[str]]):
         self.reason: str | None = None
+        self._sweep_dir, self._running = sweep_dir, running
+        (sweep_dir / sweep_state.STOP_FILE).unlink(missing_ok=True)    # a stop file a kill left behind
+        clear_saved(sweep_dir)
         self._presses = 0
         self._previous = signal.signal(signal.SIGINT, self._ctrl_c)
         self._timer = None if budget_s is None else threading.Timer(max(1.0, budget_s), self._ask, ("budget",))
@@ -179,7 +196,17 @@ class Stop:
     def _ask(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
+            self._let_trials_save()
             os.kill(os.getpid(), signal.SIGUSR1)
+
+    def _let_trials_save(self) -> None:
+        running = self._running()
+        if not running:
+            return
+        write_text_atomic(self._sweep_dir / sweep_state.STOP_FILE, "")
+        deadline = time.monotonic() + self.SAVE_GRACE_S
+        while not running <= saved_trials(self._sweep_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _ctrl_c(self, signum, frame) -> None:
         self._presses += 1
@@ -191,6 +218,7 @@ class Stop:
         if self._timer:
             self._timer.cancel()
         signal.signal(signal.SIGINT, self._previous)
+        (self._sweep_dir / sweep_state.STOP_FILE).unlink(missing_ok=True)
 
 
 def _start_pack_server(spec: SweepSpec, cluster: dict):
@@ -224,14 +252,18 @@ def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
 
 
 def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> int:
+    problem = folder_problem(sweep_dir)     # before Ray and MLflow: a bad --storage leaves nothing
+    if problem:
+        raise SpecError(f"--storage {args.storage}: {problem}")
     study_url = study_url_for(args.study_storage, sweep_dir)
     old = _check_resume(spec, sweep_dir, args, study_url)
     if old and old.finished:
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
               f"MLflow: mlflow ui --backend-store-uri {old.tracking_uri}")
         return EXIT_FINISHED
-    from sweep.prepare import cpu_estimate, prepare_data
+    from sweep.prepare import check_realism_reference, cpu_estimate, prepare_data
     images = prepare_data(spec.config.data)   # before anything is made: a DataError leaves nothing
+    check_realism_reference(spec, images)
     if args.fresh:
         _move_aside(sweep_dir, study_url)
     _quiet_environment(local=args.address is None)
@@ -241,10 +273,12 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     cluster = _start_ray(args.address)
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.num_samples} trials, {min(spec.max_concurrent, spec.num_samples)} at a time", flush=True)
+    pace = None                      # the display's first ETA, when the launcher measured one
     if not cluster.get("GPU") and old is None:
         print("no GPU: ", end="", flush=True)          # the rest of the line once a few steps are timed
         try:
-            print(cpu_estimate(spec, images, cluster.get("CPU", 1.0)), flush=True)
+            line, pace = cpu_estimate(spec, images, cluster.get("CPU", 1.0))
+            print(line, flush=True)
         except Exception as err:  # an estimate is a courtesy: the trials report their own errors
             print(f"the trials train on the CPU (could not time a step here: {err})", flush=True)
     del images
@@ -252,7 +286,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     sweep_state.write_spec(sweep_dir, resolved(spec))
     record = dataclasses.replace(record, study_storage=_study_record(args))
     sweep_state.write_state(sweep_dir, record)
-    display = SweepDisplay(spec)
+    display = SweepDisplay(spec, start=pace)
     ended = OutcomeCallback(spec)
     callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display), ended]
     tuner, restored = build_tuner(spec, sweep_dir, cluster, callbacks, study_url)
@@ -260,7 +294,9 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         print(f"resuming {spec.name} from {sweep_dir}")
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
     remaining = None if spec.time_budget_s is None else spec.time_budget_s - (time.monotonic() - started)
-    stop = Stop(remaining)
+    # packed trials step together in the pack server and stop at epoch ends: none is waited for
+    running = (lambda: set()) if spec.pack > 1 else ended.running
+    stop = Stop(remaining, sweep_dir, running)
     try:
         tuner.fit()
     finally:

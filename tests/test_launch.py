@@ -7,9 +7,11 @@ import re
 import signal
 
 import pytest
+import yaml
 
 from trainable import layout as sweep_state
-from sweep.launch import main
+from trainable.checkpoint import load_checkpoint
+from sweep.launch import main, rerun_command
 from sweep.spec import load_spec, resolved
 from tests.helpers import (SMOKE, assert_complete, duplicate_steps, iterations, leave_hot_journal,
                            recorded_a_checkpoint, run_launch, start_launch, trial_dirs, trial_runs, wait_until)
@@ -119,12 +121,17 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
     assert process.wait() == 130, (tmp_path / "first_run.log").read_text()[-3000:]
     interrupted = (tmp_path / "first_run.log").read_text()
     assert "interrupted, state saved; to continue: python -m sweep.launch" in interrupted
+    # the running trials saved where they were in their epoch before Tune stopped them
+    saved = [load_checkpoint(folder) for folder in (sweep_dir / "interrupted").iterdir()]
+    assert saved and all(state["epoch_step"] > 0 for state in saved), interrupted[-3000:]
+    assert not (sweep_dir / ".stop").exists()
     for noise in ("Tuner.restore", "Checkpoint successfully created", "Token authentication", "ensorBoard",
                   "Traceback", "\x1b["):
         assert noise not in interrupted, noise
     budget = run_launch(tmp_path, *command, "--set", "time_budget=1s")
     assert budget.returncode == 3, budget.stdout[-3000:] + budget.stderr[-3000:]
-    assert "time budget reached" in budget.stdout and "--set time_budget=1s" in budget.stdout
+    closing = next(line for line in budget.stdout.splitlines() if line.startswith("time budget reached"))
+    assert "time_budget=1s" not in closing and closing.endswith("--set train.epochs=4 --set data.synthetic_size=400")
     assert not sweep_state.read_state(sweep_dir).finished
     before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
     done = run_launch(tmp_path, *command)
@@ -165,3 +172,40 @@ def test_damaged_state_file_is_one_line_before_ray(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert sweep_state.STATE_FILE in err and "--fresh" in err
+
+
+def test_storage_under_a_file_is_one_line_and_makes_nothing(tmp_path, capsys):
+    (tmp_path / "some_file").write_text("not a folder")
+    before = sorted(tmp_path.rglob("*"))
+    code = main([str(SMOKE), "--storage", str(tmp_path / "some_file" / "sweeps"),
+                 "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and len(err) == 1, captured
+    assert err[0].startswith("error: --storage ") and "some_file is a file, not a folder" in err[0]
+    assert captured.out == ""                                  # Ray was not started
+    assert sorted(tmp_path.rglob("*")) == before               # no mlflow.db, no mlruns, no folder
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["s.yaml", "--set", "time_budget=60s", "--set", "num_samples=4"], "s.yaml --set num_samples=4"),
+    (["s.yaml", "--set=time_budget=60s", "--fresh", "--set=model.width=0.25"], "s.yaml --set=model.width=0.25"),
+    (["s.yaml", "--set", "num_samples=4", "--storage", "time_budget=x"], "s.yaml --set num_samples=4 --storage time_budget=x"),
+])
+def test_rerun_command_drops_the_one_run_budget_and_keeps_other_sets(argv, expected):
+    assert rerun_command(argv) == f"python -m sweep.launch {expected}"
+
+
+def test_realism_objective_without_enough_reference_images_is_refused_before_ray(tmp_path, capsys):
+    spec = {"name": "real", "config": {"data": {"dataset": "synthetic"}, "model": {"width": 0.125},
+                                       "train": {"realism_images": 400}},
+            "space": {"loss.saturation.weight": {"type": "uniform", "low": 1, "high": 5}},
+            "objectives": [{"metric": "val_artefact"}], "num_samples": 2}
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code = main([str(path), "--storage", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: objectives: val_artefact cannot be estimated: train.realism_images: "
+                          "saturation=0.5 has ") and "fewer than 400" in err
+    assert not (tmp_path / "sweeps" / "real").exists()
