@@ -23,7 +23,7 @@ from trainable import layout as sweep_state
 from analysis.store import StoreError, resolve_tracking_uri
 from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
-from trainable.config_io import ConfigError
+from trainable.config import ConfigError
 from trainable.download import DataError
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

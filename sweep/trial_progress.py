@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from trainable.files import write_text_atomic
+from trainable.layout import PROGRESS_DIR
 
-PROGRESS_DIR = ".progress"
 WRITE_EVERY_S = 1.0
 
 

@@ -4,7 +4,8 @@ A training folder (`trainable.train`, a sweep's `final/`): `checkpoint/latest.pt
 `config.yaml`, `metrics.jsonl`. A trial checkpoint (one per Tune report): `latest.pt`, `samples.png`,
 `generator.pt`, `report.json`. A sweep folder: Tune's files plus `colorsweep_spec.yaml` (the
 resolved spec, checked on every resume), `colorsweep_state.json` (finished flag, where MLflow
-writes) and `final/` (`final.json`, `test_metrics.json`, `samples.png`, `generator.pt`).
+writes), `.progress/` (each running trial's place in its epoch, `sweep.trial_progress`) and `final/`
+(`final.json`, `test_metrics.json`, `samples.png`, `generator.pt`).
 Only json and yaml here (no torch, Ray or MLflow): spec checks, the analysis and the cores read it.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ GENERATOR = "generator.pt"
 REPORT = "report.json"
 SPEC_FILE = "colorsweep_spec.yaml"
 STATE_FILE = "colorsweep_state.json"
+PROGRESS_DIR = ".progress"
 FINAL_DIR = "final"
 FINAL_RECORD = "final.json"
 TEST_METRICS = "test_metrics.json"
