@@ -20,11 +20,13 @@ from trainable.config import Config
 from trainable.data import load_data
 from trainable.export import ModelError, load_generator
 from trainable.layout import SAMPLES
+from trainable.names import control_symbol
 
 
 def control_label(cfg: Config) -> str:
     """'σ_saturation=0.9 λ_saturation=20' for every controlled statistic (hue σ in turns)."""
-    parts = [f"σ_{name}={c.target:.3g} λ_{name}={c.weight:.3g}" for name, c in cfg.loss.controlled().items()]
+    parts = [f"{control_symbol(f'loss.{name}.target')}={c.target:.3g} {control_symbol(f'loss.{name}.weight')}={c.weight:.3g}"
+             for name, c in cfg.loss.controlled().items()]
     return "  ".join(parts) or "no control term (λ = 0)"
 
 

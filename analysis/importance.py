@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import optuna
 import pandas as pd
 
-from analysis.load import EARLY_STOPPED, Sweep
+from analysis.sweep_table import EARLY_STOPPED, Sweep
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -83,8 +83,7 @@ def build_study(sweep: Sweep, rows: pd.DataFrame | None = None) -> optuna.Study:
     rows = rows[rows[metrics].notna().all(axis=1)]
     rows = rows.sort_values("trial_id")  # the forest behind fANOVA depends on the order
     dists = distributions(sweep, rows)
-    study = optuna.create_study(directions=["minimize" if o.mode == "min" else "maximize"
-                                            for o in sweep.objectives])
+    study = optuna.create_study(directions=[o.direction for o in sweep.objectives])
     for _, row in rows.iterrows():
         params = {k: _param_value(row[k], d) for k, d in dists.items()}
         values = [float(row[m]) for m in metrics]

@@ -2,45 +2,23 @@
 metrics, searched parameters and checkpoint, plus each trial's learning curve.
 
 Ray Tune's `ExperimentAnalysis` reads the experiment files; this module only shapes its answer.
-The same `Sweep` comes from an MLflow experiment through `analysis.tracking.load_mlflow_sweep`;
+The same `Sweep` comes from an MLflow experiment through `analysis.mlflow_runs.load_mlflow_sweep`;
 `open_sweep` takes either.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.pareto import DEFAULT_OBJECTIVES, Objective, parse_objective
+from analysis.sweep_table import METRIC_PREFIXES, Sweep, SweepError, mark_early_stopped, varying_params
 from trainable.config import ConfigError, flatten
 from trainable.layout import SweepState, read_spec, read_state
-EARLY_STOPPED = "EARLY_STOPPED"
-METRIC_PREFIXES = ("val_", "loss_", "test_")
+
 KEPT_RESULT_KEYS = ("epoch", "training_iteration", "time_total_s")
-
-
-class SweepError(Exception):
-    """A sweep that cannot be read; the message is one line for the user."""
-
-
-@dataclass
-class Sweep:
-    """A sweep's results. `table` has one row per trial: trial_id, status, iterations, error,
-    path, checkpoint, every metric of the last report and every searched parameter (dotted key)."""
-    name: str
-    table: pd.DataFrame
-    params: list[str]
-    objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
-    curves: dict[str, pd.DataFrame] = field(default_factory=dict)
-    path: Path | None = None
-    spec: dict = field(default_factory=dict)
-    state: SweepState | None = None
-
-    def metrics(self) -> list[str]:
-        return [c for c in self.table.columns if c.startswith(METRIC_PREFIXES)]
 
 
 def read_sidecars(path: Path) -> tuple[dict, SweepState | None]:
@@ -61,21 +39,6 @@ def spec_params(spec: Mapping) -> list[str]:
     """Searched keys of the spec's space; `fixed` entries are not searched."""
     space = spec.get("space") or {}
     return [k for k, d in space.items() if not (isinstance(d, Mapping) and d.get("type") == "fixed")]
-
-
-def varying_params(configs: pd.DataFrame) -> list[str]:
-    """Config keys whose value differs between trials (the searched ones when no spec says)."""
-    return [c for c in configs.columns if configs[c].astype(str).nunique(dropna=False) > 1]
-
-
-def mark_early_stopped(table: pd.DataFrame) -> pd.DataFrame:
-    """A TERMINATED trial with fewer reports than the longest one was stopped by the scheduler."""
-    if table.empty:
-        return table
-    finished = table["status"] == "TERMINATED"
-    longest = table.loc[finished, "iterations"].max() if finished.any() else 0
-    table.loc[finished & (table["iterations"] < longest), "status"] = EARLY_STOPPED
-    return table
 
 
 def _error_line(trial: object) -> str:
@@ -129,6 +92,6 @@ def open_sweep(ref: str, objectives: Sequence[str] | None = None, tracking_uri: 
     """A sweep folder, or `mlflow:EXPERIMENT` for a sweep read from its MLflow experiment."""
     parsed = [parse_objective(o) for o in objectives] if objectives else None
     if ref.startswith("mlflow:"):
-        from analysis.tracking import load_mlflow_sweep   # MLflow only when a sweep is read from it
+        from analysis.mlflow_runs import load_mlflow_sweep   # MLflow only when a sweep is read from it
         return load_mlflow_sweep(ref.removeprefix("mlflow:"), tracking_uri, parsed)
     return load_sweep(Path(ref), parsed)

@@ -35,6 +35,16 @@ class Objective:
     def label(self) -> str:
         return f"{self.metric} {'↓' if self.mode == 'min' else '↑'}"
 
+    @property
+    def sign(self) -> float:
+        """1 for a minimized objective, -1 for a maximized one: sign × value is a cost."""
+        return 1.0 if self.mode == "min" else -1.0
+
+    @property
+    def direction(self) -> str:
+        """Optuna's word for the mode."""
+        return "minimize" if self.mode == "min" else "maximize"
+
 
 DEFAULT_OBJECTIVES = (Objective("val_control_error", "min"), Objective("val_realism_abhist", "min"))
 
@@ -47,7 +57,7 @@ def parse_objective(text: str) -> Objective:
 
 def as_costs(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
     """Flip maximized columns so that lower is better everywhere."""
-    signs = np.array([1.0 if o.mode == "min" else -1.0 for o in objectives])
+    signs = np.array([o.sign for o in objectives])
     return np.asarray(values, dtype=float) * signs
 
 
@@ -117,8 +127,7 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
 
 def best_values(table: pd.DataFrame, objectives: Sequence[Objective]) -> dict[str, float]:
     """best_<metric> over the trials' last reports, and how many trials finished."""
-    best = {f"best_{o.metric}": (table[o.metric].min() if o.mode == "min" else table[o.metric].max())
-            for o in objectives}
+    best = {f"best_{o.metric}": table[o.metric].agg(o.mode) for o in objectives}
     return {**best, "trials_ranked": float(table["rank"].notna().sum())}
 
 

@@ -18,7 +18,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
-from analysis.load import Sweep  # noqa: E402
+from analysis.sweep_table import Sweep  # noqa: E402
 from trainable.files import write_atomic  # noqa: E402
 
 

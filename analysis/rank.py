@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from collections.abc import Sequence
 
@@ -15,9 +14,11 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from analysis.load import Sweep, SweepError, open_sweep
+from analysis.load import open_sweep
+from analysis.sweep_table import Sweep, SweepError
 from analysis.pareto import rank_table
 from trainable.files import write_text_atomic
+from trainable.names import control_symbol
 
 SHOWN_METRICS = ("val_colorfulness_ratio", "val_pixel_acc_5", "val_psnr")
 
@@ -27,10 +28,7 @@ def param_label(key: str) -> str:
     'val_control_error_hue' → 'val_err_hue', others unchanged."""
     if key.startswith("val_control_error_"):
         return "val_err_" + key.removeprefix("val_control_error_")
-    match = re.fullmatch(r"loss\.(\w+)\.(weight|target)", key)
-    if not match:
-        return key
-    return f"{'λ' if match.group(2) == 'weight' else 'σ'}_{match.group(1)}"
+    return control_symbol(key) or key
 
 
 def ranked(sweep: Sweep) -> pd.DataFrame:

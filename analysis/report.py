@@ -20,7 +20,8 @@ import pandas as pd
 from analysis import plots
 from analysis.gallery import gallery_for
 from analysis.importance import build_study, common_epoch_rows, importance_summary, param_importances
-from analysis.load import Sweep, SweepError, open_sweep
+from analysis.load import open_sweep
+from analysis.sweep_table import Sweep, SweepError
 from analysis.rank import cell, columns_shown, param_label, ranked
 from analysis.tracking import log_report
 from trainable.files import write_text_atomic

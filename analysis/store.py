@@ -53,7 +53,9 @@ def existing_store(uri: str) -> str | None:
 
 
 def _query(path: Path, sql: str) -> list[tuple]:
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+    # Read-write (never create): the first read of a store with a hot journal, left by a kill during
+    # a write, rolls the journal back, which a read-only connection cannot do.
+    with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
         return db.execute(sql).fetchall()
 
 

@@ -1,11 +1,12 @@
-"""Every MLflow call of colorsweep, for the sweep, the final run and the analysis alike.
+"""The one MLflow writer of colorsweep: the sweep's runs, the final run, the report and registered
+models' runs. Where runs are found and how they are read back is `analysis.mlflow_runs`.
 
 A sweep is one experiment (tagged as model training, so MLflow 3 opens its runs view) holding a
-parent run (colorsweep.role=sweep), one child run per trial (tags trial_id, colorsweep.role=trial)
-and the final run (colorsweep.role=final, final=true). Only the driver writes (one writer: no
-sqlite locking). Writes go in batches of MLflow's limit and skip steps a run already holds, so a
-resumed sweep or final run finds its run again (by tag or id) and logs each epoch once.
-MlflowClient with explicit run ids, no fluent active run. Nothing here knows Ray.
+parent run, one child run per trial and the final run (tags in `analysis.mlflow_runs`). Only the
+driver writes (one writer: no sqlite locking). Writes go in batches of MLflow's limit and skip
+steps a run already holds, so a resumed sweep or final run finds its run again (by tag or id) and
+logs each epoch once. MlflowClient with explicit run ids, no fluent active run. Nothing here knows
+Ray.
 """
 from __future__ import annotations
 
@@ -17,28 +18,21 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from analysis.load import Sweep, SweepError, mark_early_stopped, varying_params
+from analysis.mlflow_runs import LOST, PARENT, ROLE, STEP_METRIC, TRIAL_ID, load_mlflow_sweep, trial_runs
 from analysis.pareto import DEFAULT_OBJECTIVES, Objective, best_values, front_note, front_table, rank_table
 from analysis.store import ensure_store, existing_store, resolve_tracking_uri
+from analysis.sweep_table import Sweep, SweepError
 from trainable.layout import SweepState
 
-ROLE = "colorsweep.role"              # sweep | trial | final
-TRIAL_ID = "trial_id"
-PARENT = "mlflow.parentRunId"
-LOST = "colorsweep.lost"              # runs of trials a crash lost before Tune saved them
 SWEEP, SWEEP_PATH = "colorsweep.sweep", "colorsweep.sweep_path"
 FINAL_TRIAL, FINAL_RANK, FINAL_SOURCE = "colorsweep.trial_id", "colorsweep.trial_rank", "colorsweep.trial_run_id"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3 UI: runs, not traces
-STEP_METRIC = "epoch"                 # every report carries it; its history says which steps are logged
 BATCH = 100                           # MLflow's limit of params / metrics per log_batch call
 PARETO_TABLE = "pareto_front.json"
 NOTE_TAG = "mlflow.note.content"   # the run description MLflow shows on the run page
-STATUS_FROM_MLFLOW = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "KILLED",
-                      "RUNNING": "RUNNING", "SCHEDULED": "PENDING"}
 # Tune's bookkeeping fields that are not worth a metric series.
 SKIPPED_RESULT_KEYS = frozenset({"timestamp", "pid", "done", "time_since_restore", "trial_id", "date", "hostname",
                                  "iterations_since_restore", "should_checkpoint", "node_ip", "checkpoint_dir_name"})
@@ -125,11 +119,6 @@ def reopened(client: MlflowClient, run_id: str, experiment: str | None = None) -
     return True
 
 
-def trial_runs(client: MlflowClient, experiment: str, extra: str = "") -> list:
-    query = f"tags.`{ROLE}` = 'trial'{extra}"
-    return client.search_runs([experiment], filter_string=query, max_results=10000)
-
-
 class SweepTracker:
     """Logs trials of one sweep under its parent run. Picklable (Tune stores its callbacks)."""
 
@@ -202,7 +191,10 @@ class SweepTracker:
             table = None
         if table is not None:
             best, front = best_values(table, objectives), front_table(table, objectives)
-            log_metrics(self.client, self.parent_run_id, best, 0)
+            # The step is the number of ranked trials, so a relaunch that finished none logs none.
+            step = int(best["trials_ranked"])
+            if step not in logged_steps(self.client, self.parent_run_id, "trials_ranked"):
+                log_metrics(self.client, self.parent_run_id, best, step)
             self.client.log_table(self.parent_run_id, front, PARETO_TABLE)
             self.client.set_tag(self.parent_run_id, NOTE_TAG, front_note(best, front))
         self.client.set_terminated(self.parent_run_id, "FINISHED" if finished else "KILLED")
@@ -211,46 +203,6 @@ class SweepTracker:
 def client_for(state: SweepState | None) -> MlflowClient:
     """A client on the sweep's tracking store (MLflow's default when the sweep names none)."""
     return MlflowClient(tracking_uri=state.tracking_uri if state else None)
-
-
-def _history_frame(client: MlflowClient, run_id: str, metrics: Sequence[str]) -> pd.DataFrame:
-    columns = {}
-    for key in metrics:
-        history = client.get_metric_history(run_id, key)
-        columns[key] = pd.Series({m.step: m.value for m in history}, dtype=float)
-    frame = pd.DataFrame(columns).sort_index()
-    if STEP_METRIC not in frame:  # the step is the epoch
-        frame.insert(0, STEP_METRIC, frame.index)
-    return frame.reset_index(drop=True)
-
-
-def load_mlflow_sweep(experiment: str, tracking_uri: str | None = None,
-                      objectives: Sequence[Objective] | None = None) -> Sweep:
-    """The same table as `analysis.load.load_sweep`, from the trial runs of an experiment."""
-    uri = resolve_tracking_uri(tracking_uri)
-    if existing_store(uri) is None:
-        raise SweepError(f"no MLflow store at {uri}")
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise SweepError(f"no MLflow experiment named {experiment!r} at {uri}")
-    runs = [r for r in trial_runs(client, found.experiment_id) if r.data.tags.get(LOST) != "true"]
-    if not runs:
-        raise SweepError(f"MLflow experiment {experiment!r} holds no trial runs (tag {TRIAL_ID})")
-    rows, curves, configs = [], {}, []
-    for run in runs:
-        trial_id = run.data.tags[TRIAL_ID]
-        curves[trial_id] = _history_frame(client, run.info.run_id, list(run.data.metrics))
-        rows.append({"trial_id": trial_id, "status": STATUS_FROM_MLFLOW.get(run.info.status, run.info.status),
-                     "iterations": len(curves[trial_id]), "error": "", "path": "", "checkpoint": "",
-                     "run_id": run.info.run_id, **run.data.metrics})
-        configs.append(run.data.params)
-    configs = pd.DataFrame(configs)
-    params = varying_params(configs)
-    numeric = configs[params].apply(pd.to_numeric, errors="coerce")
-    table = pd.concat([pd.DataFrame(rows), numeric.where(numeric.notna(), configs[params])], axis=1)
-    return Sweep(name=experiment, table=mark_early_stopped(table), params=params,
-                 objectives=tuple(objectives or DEFAULT_OBJECTIVES), curves=curves)
 
 
 def log_report(state: SweepState | None, files: Sequence[Path], artifact_path: str = "report") -> str | None:

@@ -139,7 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(model.describe())
     examples = sorted(EXAMPLES.glob("*.png")) if EXAMPLES.is_dir() else []
-    build_app(model, examples).launch(server_name="127.0.0.1", server_port=args.port, share=args.share)
+    page = build_app(model, examples)
+    # quiet: Gradio's hint names its argument share=True; this prints the CLI's flag instead
+    page.launch(server_name="127.0.0.1", server_port=args.port, share=args.share, quiet=True,
+                prevent_thread_lock=True)
+    where = "" if args.share else " (this machine only; --share adds a public link)"
+    print(f"page: {page.local_url}{where}", flush=True)
+    page.block_thread()
     return 0
 
 

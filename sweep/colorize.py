@@ -26,7 +26,7 @@ from trainable.color import lab_normalized_to_uint8, rgb_to_lab_normalized
 from trainable.condition import condition_vector, fixed_targets
 from trainable.config import CONTROL_NAMES, Config
 from trainable.export import ModelError, load_generator
-from trainable.files import is_image_name, write_atomic
+from trainable.files import folder_problem, is_image_name, write_atomic
 
 SCALES = ("train", "native")
 BATCH = 16
@@ -219,11 +219,21 @@ def output_paths(files: list[tuple[Path, Path]], out: Path, one_file: bool) -> l
     if one_file and out.suffix.lower() == ".png":
         return [out]
     if out.suffix and not out.is_dir():
+        if one_file:
+            raise InputError(f"{out}: the output is a PNG image; end its name in .png, or give a folder")
         raise InputError(f"{out}: several inputs need an output folder, not a file")
     names = [name for _, name in files]
     if len(set(names)) != len(names):
         raise InputError("two inputs share a name; their outputs would overwrite each other")
     return [out / name for name in names]
+
+
+def check_writable(outputs: Sequence[Path], flag: str) -> None:
+    """Every folder the outputs go to can be made and written, checked before any image is colorized."""
+    for folder in sorted({path.parent for path in outputs}):
+        problem = folder_problem(folder)
+        if problem:
+            raise InputError(f"-o {flag}: {problem}")
 
 
 def check_device(name: str) -> torch.device:
@@ -283,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings = list(dict.fromkeys(w for targets in asked for w in check_targets(model, targets)))
         files = collect_inputs(args.inputs)
         images = [read_image(path) for path, _ in files]          # every input checked before any write
-        output_paths(files, Path(args.output), len(files) == 1 or strip is not None)
+        check_writable(output_paths(files, Path(args.output), len(files) == 1 or strip is not None), args.output)
     except (ModelError, InputError, TargetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -292,7 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(warning, file=sys.stderr)
     print(f"scale: {args.scale}" + (f" (short side at the training size, {model.cfg.data.image_size} px)"
                                     if args.scale == "train" else " (full resolution)"))
-    _run(args, model, files, images, strip)
+    try:
+        _run(args, model, files, images, strip)
+    except OSError as err:        # the disk filled or the folder went away since the check: no traceback
+        print(f"error: {err.filename or args.output}: {err.strerror or err}", file=sys.stderr)
+        return 2
     return 0
 
 

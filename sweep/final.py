@@ -21,7 +21,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from analysis import tracking
-from analysis.load import Sweep, SweepError, load_sweep
+from analysis.load import load_sweep
+from analysis.sweep_table import Sweep, SweepError
 from analysis.store import StoreError
 from analysis.rank import ranked
 from sweep.colorize import write_png

@@ -4,7 +4,8 @@ Before anything is made (sweep folder, MLflow store, Ray) the spec is checked, i
 absolute and the data is found or downloaded once. Running the same command again resumes an
 unfinished sweep (Optuna state included; running trials continue from their last checkpoints).
 Exit status: 0 finished, 1 trials failed or Ray could not be reached, 2 bad spec, flags or data,
-3 stopped at the time budget (state saved, run again to continue), 130 interrupted by Ctrl+C.
+3 stopped at the time budget (state saved, run again to continue), 4 Tune ended with trials it
+could not run (nothing a rerun would change; the line says which), 130 interrupted by Ctrl+C.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
 from trainable.config import ConfigError
 from trainable.download import DataError
+from trainable.files import folder_problem
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_STUCK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 # Ray's own lines that tell a user of this launcher nothing (our summary says it, or names this
 # command instead of `Tuner.restore`); every other warning and error still shows.
 RAY_CHATTER = ("Token authentication is enabled", "Resume experiment with", "Stop signal received",
@@ -50,8 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def rerun_command(argv: Sequence[str]) -> str:
-    """The command that continues this sweep: the one given, less --fresh (which would start over)."""
-    return shlex.join(["python", "-m", "sweep.launch", *(a for a in argv if a != "--fresh")])
+    """The command that continues this sweep: the one given, less --fresh (which would start over)
+    and less --set time_budget=... (a budget for that one run; the next run gets the spec's)."""
+    kept: list[str] = []
+    for arg in argv:
+        if arg == "--fresh" or arg.startswith("--set=time_budget="):
+            continue
+        if arg.startswith("time_budget=") and kept[-1:] == ["--set"]:
+            kept.pop()
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", "sweep.launch", *kept])
 
 
 def _move_aside(sweep_dir: Path) -> None:
@@ -108,6 +119,8 @@ def _quiet_environment(local: bool) -> None:
     # a SIGKILL it points at a trial checkpoint that still exists (two are kept) and little is lost.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Stop's SIGINT handler asks Tune to stop (by SIGUSR1) and knows why Tune stopped.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Tune's legacy reporter prints nothing at verbose=0; the new one prints a header, a TensorBoard
     # hint and every trial error whatever the verbosity. Our display and summary replace both.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -139,38 +152,35 @@ def _start_ray(address: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
-class BudgetTimer(threading.Timer):
-    """SIGINT to ourselves at the budget: Tune then stops the trials, saves state and returns."""
+class Stop:
+    """Why Tune's run was stopped, if it was: Ctrl+C or the time budget. Either one asks Tune to stop
+    through SIGUSR1, its documented stop signal (Tune's own SIGINT handler is off), so the launcher
+    knows which happened; a second Ctrl+C raises KeyboardInterrupt as usual."""
 
-    def __init__(self, seconds: float):
-        self.fired = threading.Event()
-        super().__init__(max(1.0, seconds), self._fire)
-        self.daemon = True
-        self.start()
+    def __init__(self, budget_s: float | None):
+        self.reason: str | None = None
+        self._presses = 0
+        self._previous = signal.signal(signal.SIGINT, self._ctrl_c)
+        self._timer = None if budget_s is None else threading.Timer(max(1.0, budget_s), self._ask, ("budget",))
+        if self._timer:
+            self._timer.daemon = True
+            self._timer.start()
 
-    def _fire(self) -> None:
-        self.fired.set()
-        os.kill(os.getpid(), signal.SIGINT)
+    def _ask(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            os.kill(os.getpid(), signal.SIGUSR1)
 
+    def _ctrl_c(self, signum, frame) -> None:
+        self._presses += 1
+        if self._presses > 1:
+            raise KeyboardInterrupt
+        self._ask("ctrl_c")
 
-def _tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list):
-    from ray import tune
-
-    from sweep.ray_adapter import build_scheduler, build_searcher, trainable_for
-    trainable = trainable_for(spec, cluster, sweep_dir)
-    if tune.Tuner.can_restore(str(sweep_dir)):
-        print(f"resuming {spec.name} from {sweep_dir}")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
-        # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
-        # client); this run's replace them. No public setter: ray-project/ray#41364.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner
-    tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
-                                  num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
-    run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
-                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                failure_config=tune.FailureConfig(max_failures=1), verbose=0)
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+    def close(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+        signal.signal(signal.SIGINT, self._previous)
 
 
 def _start_pack_server(spec: SweepSpec, cluster: dict):
@@ -204,6 +214,9 @@ def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
 
 
 def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> int:
+    problem = folder_problem(sweep_dir)     # before Ray and MLflow: a bad --storage leaves nothing
+    if problem:
+        raise SpecError(f"--storage {args.storage}: {problem}")
     old = _check_resume(spec, sweep_dir, args.fresh, args.mlflow_uri)
     if old and old.finished:
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
@@ -215,58 +228,64 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         _move_aside(sweep_dir)
     _quiet_environment(local=args.address is None)
     from sweep.progress import SweepDisplay
-    from sweep.ray_adapter import ProgressCallback, TrackingCallback, build_searcher
+    from sweep.ray_adapter import OutcomeCallback, ProgressCallback, TrackingCallback, build_searcher, build_tuner
     build_searcher(spec)  # sampler problems (cmaes without its package) before Ray starts
     cluster = _start_ray(args.address)
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.num_samples} trials, {min(spec.max_concurrent, spec.num_samples)} at a time", flush=True)
+    pace = None                      # the display's first ETA, when the launcher measured one
     if not cluster.get("GPU") and old is None:
         print("no GPU: ", end="", flush=True)          # the rest of the line once a few steps are timed
         try:
-            print(cpu_estimate(spec, images, cluster.get("CPU", 1.0)), flush=True)
+            line, pace = cpu_estimate(spec, images, cluster.get("CPU", 1.0))
+            print(line, flush=True)
         except Exception as err:  # an estimate is a courtesy: the trials report their own errors
             print(f"the trials train on the CPU (could not time a step here: {err})", flush=True)
     del images
     tracker, record = _open_tracking(spec, old, args.mlflow_uri)
     sweep_state.write_spec(sweep_dir, resolved(spec))
     sweep_state.write_state(sweep_dir, record)
-    display = SweepDisplay(spec)
-    callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display)]
-    tuner = _tuner(spec, sweep_dir, cluster, callbacks)
+    display = SweepDisplay(spec, start=pace)
+    ended = OutcomeCallback(spec)
+    callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display), ended]
+    tuner, restored = build_tuner(spec, sweep_dir, cluster, callbacks)
+    if restored:
+        print(f"resuming {spec.name} from {sweep_dir}")
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
     remaining = None if spec.time_budget_s is None else spec.time_budget_s - (time.monotonic() - started)
-    timer = None if remaining is None else BudgetTimer(remaining)
+    stop = Stop(remaining)
     try:
-        grid = tuner.fit()
+        tuner.fit()
     finally:
         display.close()
-        if timer:
-            timer.cancel()
+        stop.close()
     _show_packing(pack_server)
-    budget_hit = bool(timer and timer.fired.is_set())
-    return _finish(spec, sweep_dir, grid, record, tracker, budget_hit, rerun)
+    return _finish(spec, sweep_dir, ended.rows, record, tracker, stop.reason, rerun)
 
 
-def outcome(statuses: Sequence[str], num_samples: int, budget_hit: bool, rerun: str) -> tuple[str, int]:
-    """(the closing line, the exit status) from the trials' Tune statuses. Tune returns before the
-    end only when stopped: by the budget (3) or by Ctrl+C (130, failed trials or not)."""
+def outcome(statuses: Sequence[str], num_samples: int, stopped: str | None, rerun: str) -> tuple[str, int]:
+    """(the closing line, the exit status) from the trials' Tune statuses and why Tune was stopped
+    (`Stop.reason`): by the budget (3) or by Ctrl+C (130, failed trials or not). Open trials that
+    nothing stopped are trials Tune could not run: 4, never a loop of reruns."""
     done, failed = statuses.count("TERMINATED"), statuses.count("ERROR")
     still_open = num_samples - done - failed
     if not still_open and not failed:
         return f"sweep finished: {done} trials", EXIT_FINISHED
-    if budget_hit and still_open:
+    if stopped == "budget" and still_open:
         return (f"time budget reached: {done}/{num_samples} trials done, state saved; "
                 f"to continue: {rerun}"), EXIT_BUDGET
-    if still_open:
+    if stopped == "ctrl_c" and still_open:
         return f"interrupted, state saved; to continue: {rerun}", EXIT_INTERRUPTED
+    if still_open:
+        stuck = ", ".join(sorted({s for s in statuses if s not in ("TERMINATED", "ERROR")})) or "never created"
+        return (f"Tune ended with {still_open} trial(s) it did not run ({stuck}) and nothing stopped it; "
+                f"a rerun would do the same: report this with the sweep folder"), EXIT_STUCK
     return f"{failed} trial(s) failed (see above); to retry them: {rerun}", EXIT_FAILED
 
 
-def _finish(spec, sweep_dir: Path, grid, record, tracker, budget_hit: bool, rerun: str) -> int:
+def _finish(spec, sweep_dir: Path, rows: list[dict], record, tracker, stopped: str | None, rerun: str) -> int:
     from sweep.progress import show_summary
-    from sweep.ray_adapter import result_rows
-    rows = result_rows(grid, spec)
-    line, code = outcome([r["status"] for r in rows], spec.num_samples, budget_hit, rerun)
+    line, code = outcome([r["status"] for r in rows], spec.num_samples, stopped, rerun)
     finished = code == EXIT_FINISHED
     tracker.end_sweep(finished, spec.objectives)
     sweep_state.write_state(sweep_dir, sweep_state.SweepState(finished, record.tracking_uri,

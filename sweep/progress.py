@@ -4,8 +4,10 @@ terminal; one plain line every PLAIN_EVERY_S when it is piped (no ANSI codes); t
 A row is a plain dict made by the Ray adapter: {"trial", "status" (Tune's), "epoch" (epochs
 reported), "epochs", "config" (searched values), "metrics" (last report), "live" (the trial's
 `sweep.trial_progress` record or None)}. A trial that ends or fails is one `event` line.
-The ETA is the epochs left (in-epoch progress counted) times the median measured epoch time, over
-the trials that run at once. Columns are dropped, never cut, to fit the terminal; objectives stay.
+The ETA is sweep.estimate's `Pace.seconds_for` the epochs left (in-epoch progress counted): at the
+median measured epoch time over the trials open at once, or, before any epoch is measured, at the
+launcher's measured pace (the time its no-GPU line printed). Columns are dropped, never cut, to fit
+the terminal; objectives stay.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from analysis.pareto import Objective, front_indices
+from sweep.estimate import Pace, clock
 from sweep.spec import SweepSpec
+from trainable.names import control_symbol
 
 PLAIN_EVERY_S = 30.0
 BAR_CELLS = 10
@@ -40,17 +44,6 @@ def pareto_front(rows: Sequence[dict], objectives: Sequence[Objective]) -> list[
 
 def _number(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-
-
-def clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def state_of(row: dict) -> str:
@@ -86,16 +79,16 @@ def epoch_seconds(rows: Sequence[dict], report_every: int, now: float) -> float 
     return None
 
 
-def eta_seconds(rows: Sequence[dict], spec: SweepSpec, now: float) -> float | None:
-    per_epoch = epoch_seconds(rows, spec.report_every, now)
-    if per_epoch is None:
-        return None
+def eta_seconds(rows: Sequence[dict], spec: SweepSpec, now: float, start: Pace | None = None) -> float | None:
+    """Seconds left: the trials' measured pace, or `start` (the launcher's) until they have one."""
     open_rows = [r for r in rows if state_of(r) not in FINISHED]
     unseen = max(0, spec.num_samples - len(rows))
     epochs_left = sum(max(0.0, r["epochs"] - trained(r) - _in_epoch(r)) for r in open_rows)
     epochs_left += unseen * spec.config.train.epochs
-    at_once = max(1, min(spec.max_concurrent, len(open_rows) + unseen))
-    return epochs_left * per_epoch / at_once
+    per_epoch = epoch_seconds(rows, spec.report_every, now)
+    if per_epoch is None:
+        return None if start is None else start.seconds_for(epochs_left)
+    return Pace(per_epoch, max(1, min(spec.max_concurrent, len(open_rows) + unseen))).seconds_for(epochs_left)
 
 
 def _counts(rows: Sequence[dict]) -> dict[str, int]:
@@ -105,10 +98,11 @@ def _counts(rows: Sequence[dict]) -> dict[str, int]:
     return counts
 
 
-def headline(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: float) -> str:
+def headline(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: float,
+             start: Pace | None = None) -> str:
     counts = _counts(rows)
     ended = counts["done"] + counts["stopped"] + counts["failed"]
-    eta = eta_seconds(rows, spec, now)
+    eta = eta_seconds(rows, spec, now, start)
     bound = "<=" if spec.scheduler == "asha" else "~"
     parts = [f"{spec.name}: {ended}/{spec.num_samples} trials ended", f"{counts['running']} running"]
     parts += [f"{counts[s]} {s}" for s in ("stopped", "failed") if counts[s]]
@@ -121,8 +115,7 @@ def best_line(rows: Sequence[dict], objectives: Sequence[Objective]) -> str:
     for objective in objectives:
         scored = [r for r in rows if objective.metric in r["metrics"]]
         if scored:
-            pick = min if objective.mode == "min" else max
-            best = pick(scored, key=lambda r: r["metrics"][objective.metric])
+            best = min(scored, key=lambda r: objective.sign * r["metrics"][objective.metric])
             parts.append(f"{objective.metric} {_number(best['metrics'][objective.metric])} ({best['trial']})")
     return "best so far: " + ("; ".join(parts) if parts else "no reports yet")
 
@@ -140,11 +133,7 @@ def _epoch_cell(row: dict, bar: bool) -> str:
 
 def _short(key: str) -> str:
     """loss.saturation.weight → λ saturation, loss.saturation.target → σ saturation."""
-    parts = key.split(".")
-    symbols = {"weight": "λ", "target": "σ"}
-    if len(parts) == 3 and parts[0] == "loss" and parts[2] in symbols:
-        return f"{symbols[parts[2]]} {parts[1]}"
-    return parts[-1]
+    return control_symbol(key, " ") or key.split(".")[-1]
 
 
 def _columns(rows: Sequence[dict], spec: SweepSpec, bar: bool) -> list[tuple[str, list[str], bool]]:
@@ -196,18 +185,18 @@ def trial_table(rows: Sequence[dict], spec: SweepSpec, width: int, live: bool = 
 def ordered(rows: Sequence[dict], objectives: Sequence[Objective]) -> list[dict]:
     """Running trials first, then waiting ones, then ended ones by the first objective."""
     first = objectives[0]
-    sign = 1 if first.mode == "min" else -1
 
     def key(row):
         value = row["metrics"].get(first.metric)
-        return ORDER.get(state_of(row), 9), sign * value if isinstance(value, (int, float)) else float("inf"), row["trial"]
+        return ORDER.get(state_of(row), 9), first.sign * value if isinstance(value, (int, float)) else float("inf"), row["trial"]
     return sorted(rows, key=key)
 
 
-def plain_line(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: float) -> str:
+def plain_line(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: float,
+               start: Pace | None = None) -> str:
     running = [f"{r['trial']} {trained(r) + _in_epoch(r):.1f}/{r['epochs']}" for r in rows
                if state_of(r) == "running"]
-    text = f"[{clock(elapsed_s)}] {headline(rows, spec, elapsed_s, now).split(': ', 1)[1]}"
+    text = f"[{clock(elapsed_s)}] {headline(rows, spec, elapsed_s, now, start).split(': ', 1)[1]}"
     if running:
         text += f" | epochs: {', '.join(running)}"
     return f"{text} | {best_line(rows, spec.objectives)}"
@@ -216,8 +205,9 @@ def plain_line(rows: Sequence[dict], spec: SweepSpec, elapsed_s: float, now: flo
 class SweepDisplay:
     """The live table on a terminal, plain periodic lines otherwise; `event` prints one line above."""
 
-    def __init__(self, spec: SweepSpec, out: Console | None = None, plain_every_s: float = PLAIN_EVERY_S):
-        self.spec, self.plain_every_s = spec, plain_every_s
+    def __init__(self, spec: SweepSpec, out: Console | None = None, plain_every_s: float = PLAIN_EVERY_S,
+                 start: Pace | None = None):
+        self.spec, self.plain_every_s, self.start = spec, plain_every_s, start
         self.console = out or console
         self.live = self.console.is_terminal
         self._started = time.monotonic()
@@ -229,7 +219,7 @@ class SweepDisplay:
         shown = ordered(rows, self.spec.objectives)
         more = len(shown) - height
         table = trial_table(shown[:height] if more > 0 else shown, self.spec, self.console.size.width, live=True)
-        lines = [Text(headline(rows, self.spec, time.monotonic() - self._started, now)), table]
+        lines = [Text(headline(rows, self.spec, time.monotonic() - self._started, now, self.start)), table]
         if more > 0:
             lines.append(Text(f"… and {more} more"))
         lines.append(Text(best_line(rows, self.spec.objectives)))
@@ -245,7 +235,7 @@ class SweepDisplay:
             self._live.update(self._render(rows, now), refresh=True)
         elif time.monotonic() - self._printed >= self.plain_every_s:
             self._printed = time.monotonic()
-            print(plain_line(rows, self.spec, elapsed, now), flush=True)
+            print(plain_line(rows, self.spec, elapsed, now, self.start), flush=True)
 
     def event(self, text: str) -> None:
         if self._live is not None:

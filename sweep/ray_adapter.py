@@ -27,8 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweep.pack_server import server_name
-from sweep.space import SpecError
-from sweep.spec import SweepSpec
+from sweep.spec import SpecError, SweepSpec
 from sweep.trial_progress import TrialProgress, read_progress
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import apply_overrides, flatten, from_dict, to_dict
@@ -169,6 +168,24 @@ def trainable_for(spec: SweepSpec, cluster: dict[str, float], sweep_dir: Path):
     return tune.with_resources(trial, resources)
 
 
+def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list) -> tuple[tune.Tuner, bool]:
+    """(the sweep's Tuner, whether it was restored): restored from `sweep_dir` when Tune saved one
+    there, else new. A restored Tuner gets this run's callbacks, not the ones pickled at the start."""
+    trainable = trainable_for(spec, cluster, sweep_dir)
+    if tune.Tuner.can_restore(str(sweep_dir)):
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+        # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
+        # client); this run's replace them. No public setter: ray-project/ray#41364.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner, True
+    tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
+                                  num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
+    run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                failure_config=tune.FailureConfig(max_failures=1), verbose=0)
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
+
+
 class TrackingCallback(tune.Callback):
     """Forwards Tune's driver-side events to the MLflow `SweepTracker` (the only MLflow writer)."""
 
@@ -239,14 +256,28 @@ def trial_row(trial_id: str, status: str, result: dict, config: dict, spec: Swee
             "live": live}
 
 
-def result_rows(grid, spec: SweepSpec) -> list[dict]:
-    """Rows for the summary from a ResultGrid (finished, errored or interrupted trials)."""
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        status = "ERROR" if result.error else ("TERMINATED" if metrics.get("done") else "PAUSED")
-        rows.append(trial_row(str(metrics.get("trial_id", "-")), status, metrics, result.config or {}, spec))
-    return rows
+class OutcomeCallback(tune.Callback):
+    """Each trial's row with Tune's own status as the last step of the run left it. Not from a
+    trial's last result: one restored TERMINATED after a kill comes back with the `done` flag of its
+    last report, False (Tune sets it after saving the trial). Not at experiment end either: Tune's
+    cleanup after Ctrl+C marks the trials it stops TERMINATED."""
+
+    def __init__(self, spec: SweepSpec):
+        self.spec, self.rows, self._stepped = spec, [], False
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "rows": [], "_stepped": False}
+
+    def _record(self, trials) -> None:
+        self.rows = [trial_row(t.trial_id, t.status, t.last_result, t.config, self.spec) for t in trials]
+
+    def on_step_end(self, iteration, trials, **info):
+        self._stepped = True
+        self._record(trials)
+
+    def on_experiment_end(self, trials, **info):
+        if not self._stepped:      # a restored sweep with nothing left to run: cleanup stopped nothing
+            self._record(trials)
 
 
 class ProgressCallback(tune.Callback):

@@ -40,7 +40,7 @@ def requirements() -> list[str]:
 
 def save_pyfunc(generator: Path, folder: Path) -> dict:
     """The pyfunc model folder (MLmodel, signature, the generator as its artifact); returns its metadata."""
-    info = describe(load_model(generator))          # a file that is no model fails here, before MLflow
+    info = describe(load_model(generator))
     mlflow.pyfunc.save_model(path=str(folder), python_model=str(MODEL_CODE), input_example=input_example(),
                              artifacts={GENERATOR: str(generator)}, signature=signature(),
                              pip_requirements=requirements(), metadata={"colorsweep": info})
@@ -71,6 +71,7 @@ def register(generator: str | Path, name: str, tracking_uri: str | None = None,
     generator = Path(generator)
     if not generator.is_file():
         raise ModelError(f"{generator}: not a file; register takes an exported generator.pt")
+    load_model(generator)              # a file that is no model fails here, before any store is made
     tracking_uri = resolve_tracking_uri(tracking_uri)       # a relative sqlite path made absolute
     ensure_store(tracking_uri)                             # a new store built the kill-safe way
     client = MlflowClient(tracking_uri)
@@ -93,7 +94,8 @@ def register(generator: str | Path, name: str, tracking_uri: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweep.register", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())     # the first paragraph, not its first line
+    parser = argparse.ArgumentParser(prog="python -m sweep.register", description=summary)
     parser.add_argument("model", help="exported generator.pt")
     parser.add_argument("--name", required=True, help="registered model name (a new version each time)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking store (default: MLflow's, MLFLOW_TRACKING_URI)")

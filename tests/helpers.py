@@ -68,9 +68,9 @@ def run_launch(tmp_path: Path, *extra: str, timeout: float = 900) -> subprocess.
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_launch(tmp_path: Path, *extra: str) -> subprocess.Popen:
+def start_launch(tmp_path: Path, *extra: str, log_name: str = "first_run.log") -> subprocess.Popen:
     """Started in its own session so the test can SIGKILL the whole process group."""
-    log = open(tmp_path / "first_run.log", "w")
+    log = open(tmp_path / log_name, "w")
     return subprocess.Popen(launch_command(tmp_path, *extra), cwd=tmp_path, env=launch_env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -133,6 +133,40 @@ def assert_complete(tmp_path: Path, epochs: int) -> None:
     for run in runs:
         assert epoch_steps(tmp_path, run.info.run_id) == list(range(1, epochs + 1))
         assert run.info.status == "FINISHED"
+
+
+def duplicate_steps(tmp_path: Path, name: str = "smoke") -> dict[str, list[int]]:
+    """'run name/metric' → its steps, for every metric of every live run of the experiment (the
+    parent run's included) that holds a step more than once."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name(name)
+    found = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            if len(steps) != len(set(steps)):
+                found[f"{run.info.run_name}/{key}"] = sorted(steps)
+    return found
+
+
+LEAVE_HOT_JOURNAL = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size=1")   # spill: changed pages reach the file before the commit
+db.execute("BEGIN IMMEDIATE")
+for i in range(3000):
+    db.execute("insert into experiment_tags(key, value, experiment_id) values (?, ?, 0)", (f"k{i}", "x" * 500))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def leave_hot_journal(database: Path) -> None:
+    """A real process SIGKILLed in the middle of a write to the store, as a kill during an MLflow
+    write leaves it: a hot `-journal` that the next writer must roll back."""
+    killed = subprocess.run([sys.executable, "-c", LEAVE_HOT_JOURNAL, str(database)])
+    assert killed.returncode == -signal.SIGKILL
+    assert database.with_name(database.name + "-journal").stat().st_size > 0
 
 
 @contextmanager

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.importance import build_study, common_epoch_rows, importance_summary, param_importances
-from analysis.load import Sweep
+from analysis.sweep_table import Sweep
 from analysis.pareto import Objective
 
 

@@ -4,7 +4,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from analysis.load import Sweep, mark_early_stopped
+from analysis.sweep_table import Sweep, mark_early_stopped
 from analysis.pareto import Objective, non_dominated_layers, parse_objective, rank_table
 
 OBJECTIVES = (Objective("val_control_error", "min"), Objective("val_realism_abhist", "min"))

@@ -7,7 +7,7 @@ import pandas as pd
 from PIL import Image
 
 from analysis import report
-from analysis.load import Sweep
+from analysis.sweep_table import Sweep
 from analysis.pareto import Objective
 
 

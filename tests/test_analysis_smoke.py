@@ -16,7 +16,7 @@ from PIL import Image
 
 from analysis import rank, report
 from analysis.load import load_sweep
-from analysis.tracking import load_mlflow_sweep
+from analysis.mlflow_runs import load_mlflow_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OBJECTIVES = ["val_control_error", "val_realism_abhist"]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sweep.app import STRIP_POINTS, build_app
 from sweep.colorize import colorize_array, colorize_variants, load_model
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, wait_until
 from tests.serving_fixtures import (CONDITIONED, FIXED, export_model, free_port, gray_png, server_env, start, stop,
                                     wait_until_up)
 from trainable.color import image_statistics
@@ -37,9 +37,17 @@ def page(tmp_path_factory):
     process = start([sys.executable, "-m", "sweep.app", str(model), "--port", str(port)], log, root, server_env())
     try:
         wait_until_up(f"http://127.0.0.1:{port}/", process, log)
-        yield model, f"http://127.0.0.1:{port}/", process
+        yield model, f"http://127.0.0.1:{port}/", process, log
     finally:
         stop(process)
+
+
+def test_the_page_names_the_cli_flag_for_a_public_link(page):
+    """Gradio's own hint names its Python argument (share=True), which a user of the CLI cannot set."""
+    _, url, process, log = page
+    assert wait_until(lambda: "--share" in log.read_text(), process), log.read_text()
+    printed = log.read_text()
+    assert f"page: {url}" in printed and "share=True" not in printed, printed
 
 
 def in_process(model):
@@ -59,7 +67,7 @@ def pixels(path) -> np.ndarray:
 
 
 def test_page_gives_sweep_colorize_pixels_strip_and_download(page, tmp_path):
-    model_path, url, _ = page
+    model_path, url, _, _ = page
     model, image = load_model(model_path), gray_png(tmp_path / "gray.png", (40, 30))
     rgb = pixels(image)
     result, strip, download = colorize_on_page(url, image, "native", "saturation", 0.7, False)

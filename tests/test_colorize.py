@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,21 @@ def test_export_round_trip_matches_the_trainer(trained):
     gray = trainer.data.val[:4, :1]
     assert torch.allclose(trainer.colorize(gray)[:, 1:], generator(gray), atol=1e-6)
     assert targets == {"saturation": {"target": 0.7, "weight": 5.0}}
+
+
+@pytest.mark.parametrize("output, words", [
+    ("/proc/o.png", ["-o /proc/o.png: cannot write in /proc"]),
+    ("{tmp}/a_file/o.png", ["a_file is a file, not a folder"]),
+    ("{tmp}/a_file/out", ["a_file is a file, not a folder"]),
+    ("{tmp}/out.txt", ["out.txt: the output is a PNG image", ".png"]),
+])
+def test_unusable_output_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, output, words, capsys):
+    source = _image(tmp_path / "one.png")
+    (tmp_path / "a_file").write_text("not a folder")
+    before = sorted(tmp_path.rglob("*"))
+    assert main([str(trained / "generator.pt"), str(source), "-o", output.format(tmp=tmp_path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and all(w in err[0] for w in words), captured
+    assert "several inputs" not in err[0] and "Traceback" not in captured.out
+    assert sorted(tmp_path.rglob("*")) == before and not Path("/proc/o.png").exists()

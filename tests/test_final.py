@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from analysis.load import Sweep, SweepError
+from analysis.sweep_table import Sweep, SweepError
 from sweep import colorize, final
 from tests.helpers import launch_env, wait_until
 

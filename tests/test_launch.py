@@ -3,15 +3,16 @@ dir. Each test runs `python -m sweep.launch` as a user would, in a subprocess.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import pytest
 
 from trainable import layout as sweep_state
-from sweep.launch import main
+from sweep.launch import main, rerun_command
 from sweep.spec import load_spec, resolved
-from tests.helpers import (SMOKE, assert_complete, iterations, recorded_a_checkpoint, run_launch,
-                           sigkill_then_resume, start_launch, trial_dirs, trial_runs, wait_until)
+from tests.helpers import (SMOKE, assert_complete, duplicate_steps, iterations, leave_hot_journal,
+                           recorded_a_checkpoint, run_launch, start_launch, trial_dirs, trial_runs, wait_until)
 
 
 @pytest.mark.integration
@@ -35,11 +36,72 @@ def test_smoke_sweep_end_to_end(smoke_sweep_dir):
     assert again.returncode == 0 and "is finished" in again.stdout
 
 
+ENDED = re.compile(r"^trial (\w+) (?:finished|stopped early[^:]*):", re.MULTILINE)
+
+
+def _ended_trials(tmp_path) -> set[str]:
+    """Trials any launch so far printed as ended (`trial X finished: ...`)."""
+    return {found for log in tmp_path.glob("run*.log") for found in ENDED.findall(log.read_text())}
+
+
+def _checkpoints(sweep_dir) -> int:
+    return sum(1 for trial_dir in trial_dirs(sweep_dir) for _ in trial_dir.glob("checkpoint_*"))
+
+
 @pytest.mark.integration
 @pytest.mark.slow
-def test_sigkill_then_same_command_resumes(tmp_path):
-    # epochs of a second or two, so the kill lands mid-sweep
-    sigkill_then_resume(tmp_path, 6, "--set", "data.synthetic_size=800")
+def test_kills_at_the_moments_that_matter_then_the_same_command_finishes(tmp_path):
+    """One sweep, its launcher's process group SIGKILLed at each moment in turn, each on its event:
+    right after the 1st trial ended, during a trial's report (its checkpoint folder appears), right
+    after the 2nd, with a hot MLflow journal left by a process killed mid-write, and right after the
+    3rd. Each time the same command goes on; it then finishes within two relaunches with every trial
+    finished, one MLflow run per trial and no step logged twice in any run, the parent's included."""
+    command = ("--set", "max_concurrent=2", "--set", "train.epochs=3", "--set", "data.synthetic_size=400")
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    moments = [("after the 1st trial ended", lambda: len(_ended_trials(tmp_path)) >= 1),
+               ("during a report", lambda: _checkpoints(sweep_dir) > reports_before),
+               ("after the 2nd trial ended", lambda: len(_ended_trials(tmp_path)) >= 2),
+               ("during an MLflow write", None),
+               ("after the 3rd trial ended", lambda: len(_ended_trials(tmp_path)) >= 3)]
+    killed, launches, before = [], 0, {}
+    for moment, happened in moments:
+        if happened is None:
+            leave_hot_journal(tmp_path / "mlflow.db")
+            killed.append(moment)
+            continue
+        reports_before = _checkpoints(sweep_dir)
+        launches += 1
+        process = start_launch(tmp_path, *command, log_name=f"run{launches}.log")
+        if not wait_until(happened, process):     # the sweep ended before the moment came
+            assert process.returncode == 0, (tmp_path / f"run{launches}.log").read_text()[-3000:]
+            break
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        killed.append(moment)
+        before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
+    assert len(killed) >= 3, killed        # at least the 1st end, a report and the 2nd end were hit
+    for relaunch in range(2):
+        done = run_launch(tmp_path, *command)
+        if done.returncode == 0:
+            break
+    assert done.returncode == 0 and "sweep finished: 4 trials" in done.stdout, \
+        (killed, done.stdout[-3000:] + done.stderr[-3000:])
+    assert_complete(tmp_path, epochs=3)
+    assert duplicate_steps(tmp_path) == {}
+    for trial_dir in trial_dirs(sweep_dir):   # a killed trial continued from its checkpoint, not from 1
+        after = iterations(trial_dir)[len(before.get(trial_dir.name, [])):]
+        if before.get(trial_dir.name) and after:
+            assert after[0] > 1, (trial_dir.name, before[trial_dir.name], after)
+    again = run_launch(tmp_path, *command)
+    assert again.returncode == 0 and "is finished" in again.stdout
+    # The last moment: Tune saved every trial TERMINATED, the launcher was killed before it wrote
+    # that the sweep is finished. Restored trials keep their last report's `done`, mostly False.
+    state = sweep_state.read_state(sweep_dir)
+    sweep_state.write_state(sweep_dir, sweep_state.SweepState(False, state.tracking_uri, state.experiment_name,
+                                                              state.parent_run_id))
+    last = run_launch(tmp_path, *command)
+    assert last.returncode == 0 and "sweep finished: 4 trials" in last.stdout, last.stdout[-3000:]
+    assert duplicate_steps(tmp_path) == {}
 
 
 @pytest.mark.integration
@@ -62,7 +124,8 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
         assert noise not in interrupted, noise
     budget = run_launch(tmp_path, *command, "--set", "time_budget=1s")
     assert budget.returncode == 3, budget.stdout[-3000:] + budget.stderr[-3000:]
-    assert "time budget reached" in budget.stdout and "--set time_budget=1s" in budget.stdout
+    closing = next(line for line in budget.stdout.splitlines() if line.startswith("time budget reached"))
+    assert "time_budget=1s" not in closing and closing.endswith("--set train.epochs=4 --set data.synthetic_size=400")
     assert not sweep_state.read_state(sweep_dir).finished
     before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
     done = run_launch(tmp_path, *command)
@@ -103,3 +166,25 @@ def test_damaged_state_file_is_one_line_before_ray(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert sweep_state.STATE_FILE in err and "--fresh" in err
+
+
+def test_storage_under_a_file_is_one_line_and_makes_nothing(tmp_path, capsys):
+    (tmp_path / "some_file").write_text("not a folder")
+    before = sorted(tmp_path.rglob("*"))
+    code = main([str(SMOKE), "--storage", str(tmp_path / "some_file" / "sweeps"),
+                 "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and len(err) == 1, captured
+    assert err[0].startswith("error: --storage ") and "some_file is a file, not a folder" in err[0]
+    assert captured.out == ""                                  # Ray was not started
+    assert sorted(tmp_path.rglob("*")) == before               # no mlflow.db, no mlruns, no folder
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["s.yaml", "--set", "time_budget=60s", "--set", "num_samples=4"], "s.yaml --set num_samples=4"),
+    (["s.yaml", "--set=time_budget=60s", "--fresh", "--set=model.width=0.25"], "s.yaml --set=model.width=0.25"),
+    (["s.yaml", "--set", "num_samples=4", "--storage", "time_budget=x"], "s.yaml --set num_samples=4 --storage time_budget=x"),
+])
+def test_rerun_command_drops_the_one_run_budget_and_keeps_other_sets(argv, expected):
+    assert rerun_command(argv) == f"python -m sweep.launch {expected}"

@@ -90,20 +90,24 @@ def test_rerun_hint_drops_fresh():
     assert RERUN == "python -m sweep.launch search_spaces/smoke.yaml --set num_samples=4"
 
 
-@pytest.mark.parametrize("statuses, budget_hit, code, words", [
-    (["TERMINATED"] * 4, False, 0, "sweep finished: 4 trials"),
-    (["TERMINATED"] * 4, True, 0, "sweep finished"),
-    (["TERMINATED", "TERMINATED", "TERMINATED", "ERROR"], False, 1, "1 trial(s) failed"),
-    (["TERMINATED", "PAUSED"], True, 3, "time budget reached: 1/4"),
-    (["TERMINATED", "PAUSED", "PAUSED", "PAUSED"], False, 130, "interrupted"),
-    (["ERROR", "PAUSED"], False, 130, "interrupted"),             # Ctrl+C wins over a failed trial
-    (["ERROR", "PAUSED"], True, 3, "time budget reached"),
+@pytest.mark.parametrize("statuses, stopped, code, words", [
+    (["TERMINATED"] * 4, None, 0, "sweep finished: 4 trials"),
+    (["TERMINATED"] * 4, "budget", 0, "sweep finished"),
+    (["TERMINATED", "TERMINATED", "TERMINATED", "ERROR"], None, 1, "1 trial(s) failed"),
+    (["TERMINATED", "PAUSED"], "budget", 3, "time budget reached: 1/4"),
+    (["TERMINATED", "PAUSED", "PAUSED", "PAUSED"], "ctrl_c", 130, "interrupted"),
+    (["ERROR", "PAUSED"], "ctrl_c", 130, "interrupted"),             # Ctrl+C wins over a failed trial
+    (["ERROR", "PAUSED"], "budget", 3, "time budget reached"),
+    # Open trials that nothing stopped: Tune could not run them, and a rerun would not either.
+    (["TERMINATED", "TERMINATED", "PAUSED", "PAUSED"], None, 4, "2 trial(s) it did not run (PAUSED)"),
 ])
-def test_exit_status_for_every_ending(statuses, budget_hit, code, words):
-    line, status = outcome(statuses, 4, budget_hit, RERUN)
-    assert status == code and words in line
-    if code:
+def test_exit_status_for_every_ending(statuses, stopped, code, words):
+    line, status = outcome(statuses, 4, stopped, RERUN)
+    assert status == code and words in line, line
+    if code in (1, 3, 130):
         assert line.endswith(RERUN)
+    if code == 4:
+        assert RERUN not in line     # rerunning is no advice when it cannot help
 
 
 def test_epochs_trained_between_reports_count():

@@ -3,6 +3,8 @@ predictions equal sweep.colorize's output pixel for pixel, bad input is one clea
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -16,7 +18,7 @@ from PIL import Image
 
 from sweep import colorize, register
 from sweep.app import open_model
-from tests.serving_fixtures import (CONDITIONED, FIXED, b64, export_model, free_port, from_b64, gray_png,
+from tests.serving_fixtures import (CONDITIONED, FIXED, ROOT, b64, export_model, free_port, from_b64, gray_png,
                                     server_env, start, stop, wait_until_up)
 
 
@@ -148,3 +150,58 @@ def test_served_model_answers_a_png_and_refuses_bad_requests(models, tmp_path, m
             assert word in answer["message"] and "Traceback" not in json.dumps(answer), answer
     finally:
         stop(server)
+
+
+def test_a_file_that_is_no_model_is_refused_before_any_store_is_made(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)                       # MLflow's default artifact root is ./mlruns
+    bogus = tmp_path / "generator.pt"
+    bogus.write_bytes(b"no model in here")
+    code = register.main([str(bogus), "--name", "x", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {bogus}"), err
+    assert list(tmp_path.iterdir()) == [bogus]        # no mlflow.db, no mlruns
+
+
+def test_help_gives_the_whole_first_paragraph(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        register.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    assert ("log an exported generator as an MLflow pyfunc model (sweep.serving) and register it as a new "
+            "version of NAME in the Model Registry. positional arguments") in text, text
+
+
+def recipe(marker: str) -> str:
+    """The bash block of docs/serving.md that holds `marker`, as a user would paste it."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / "serving.md").read_text(), re.S)
+    return next(block for block in blocks if marker in block)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_documented_request_file_recipe_serves_a_large_photo(models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                       # MLflow's default artifact root is ./mlruns
+    exported, pyfuncs = models
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model_uri = register.register(exported["film"], "saturation", uri)[1]
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path / "serve.log"
+    server = start(command, log, tmp_path, server_env(MLFLOW_TRACKING_URI=uri))
+    noise = np.random.default_rng(0).integers(0, 256, (720, 1024), dtype=np.uint8)   # incompressible
+    Image.fromarray(noise, "L").save(tmp_path / "gray.png")
+    assert (tmp_path / "gray.png").stat().st_size >= 500_000
+    assert len(b64(tmp_path / "gray.png")) > 128 * 1024      # too long for one argument: curl -d "..." fails
+    steps = recipe("-d @request.json")
+    assert "127.0.0.1:5001/" in steps
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
+        done = subprocess.run(["bash", "-e", "-c", steps.replace("127.0.0.1:5001/", f"127.0.0.1:{port}/")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        stop(server)
+    assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "answer.json").read_text()[:2000]
+    served = np.array(Image.open(tmp_path / "colorized.png"))
+    local = pyfuncs["film"].predict({"image": [noise]}, params={"saturation": 0.7})["image"][0]
+    assert served.shape == (720, 1024, 3) and np.array_equal(served, local)

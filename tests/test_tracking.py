@@ -170,7 +170,7 @@ def test_final_run_recorded_in_a_replaced_store_starts_a_new_one(built_store, tm
     not an MLflow traceback."""
     import pandas as pd
 
-    from analysis.load import Sweep
+    from analysis.sweep_table import Sweep
     uri = store_copy(built_store, tmp_path)
     experiment, parent = tracking.start_sweep_run(uri, "sweep", None)
     sweep = Sweep("sweep", pd.DataFrame(), [], path=tmp_path)

@@ -13,6 +13,7 @@ import yaml
 from tests.helpers import TINY, tiny_config
 from trainable.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainable.config import load_config, to_dict
+from trainable.engine import Trainer
 from trainable.train import build_parser, config_from_args, main
 
 SEED_FLAGS = ("--seed 100 --dataset cifar10 --dataset-path ./dataset/cifar10 --checkpoints-path ./checkpoints "
@@ -115,3 +116,40 @@ def test_invalid_yaml_names_the_file_and_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}:3:") and "not valid YAML" in err[0], err
     assert "<unicode string>" not in err[0]
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured
+    return lines[0]
+
+
+def test_checkpoints_path_naming_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    for path in (tmp_path / "a_file", tmp_path / "a_file" / "run"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([f"--set={o}" for o in TINY] + ["--checkpoints-path", str(path), "--no-progress"])
+        assert exit_info.value.code == 2
+        line = one_error_line(capsys)
+        assert line.startswith(f"error: --checkpoints-path {path}: ") and "a_file is a file, not a folder" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"] and (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_missing_data_folder_is_bad_input_exit_2_and_makes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["--set=data.dataset=cifar10", f"--set=data.path={tmp_path / 'no_data'}", *[f"--set={o}" for o in TINY[1:]
+                 if not o.startswith("data.")], "--checkpoints-path", str(run), "--no-progress"])
+    line = one_error_line(capsys)
+    assert code == 2 and "no_data" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_of_another_config_is_bad_input_exit_2(tmp_path, capsys):
+    save_checkpoint(tmp_path / "checkpoint", Trainer(tiny_config()).state_dict())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code = main([f"--set={o}" for o in TINY] + ["--set=model.width=0.25", "--checkpoints-path", str(tmp_path),
+                                                 "--no-progress"])
+    line = one_error_line(capsys)
+    assert code == 2 and "another config" in line and "model.width" in line, line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

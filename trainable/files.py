@@ -1,6 +1,6 @@
 """Files on disk: every write goes to a temp name in the target's folder and is renamed into place, so a
-reader or a crash at any moment sees the old file or the new one, never half of one; and which file
-names count as images.
+reader or a crash at any moment sees the old file or the new one, never half of one; which file
+names count as images; and whether a folder can be written before any work starts.
 """
 from __future__ import annotations
 
@@ -16,6 +16,21 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 
 def is_image_name(name: str | Path) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def folder_problem(folder: str | Path) -> str | None:
+    """Why files cannot be written in `folder` (made when missing), in a few words, or None. The
+    nearest part of it that exists must be a folder that takes an unnamed temp file; nothing is
+    left behind (a check by permissions alone passes for root, also in /proc)."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        return f"cannot write in {existing} ({err.strerror or type(err).__name__})"
+    return None
 
 
 @contextmanager

@@ -24,6 +24,16 @@ def metric_names(controlled: Mapping[str, ControlConfig], conditioned: Sequence[
     return names + ["val_psnr", "val_l1", "val_realism_abhist", "val_hue_js", "val_colorfulness_ratio"]
 
 
+def control_symbol(key: str, separator: str = "_") -> str | None:
+    """The paper's symbol for a control key: 'loss.saturation.weight' → 'λ_saturation',
+    'loss.hue.target' → 'σ_hue'; None for any other key."""
+    parts = key.split(".")
+    symbols = {"weight": "λ", "target": "σ"}
+    if len(parts) == 3 and parts[0] == "loss" and parts[1] in CONTROL_NAMES and parts[2] in symbols:
+        return f"{symbols[parts[2]]}{separator}{parts[1]}"
+    return None
+
+
 def metric_names_of(cfg) -> list[str]:
     """Every metric name `Trainer.evaluate` reports for this config (a trainable.config.Config)."""
     return metric_names(cfg.loss.controlled(), tuple(cfg.loss.conditioned()))

@@ -8,6 +8,8 @@ The seed project's own flags are accepted verbatim (`--seed 100 --dataset cifar1
 defaults < CONFIG < seed flags < --set. The checkpoint folder holds `checkpoint/latest.pt` (plus
 `previous.pt`), `config.yaml` and `metrics.jsonl`; running the same command again resumes, and a
 larger `--epochs` continues from the last finished epoch.
+Exit status: 0 trained (or trained already), 2 bad config, flags, data or checkpoint folder (one
+line, before anything is written), 130 interrupted by Ctrl+C (the same command resumes).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from trainable.checkpoint import CheckpointError
 from trainable.config import CONTROL_NAMES, ConfigError, apply_overrides, load_config, parse_assignment
 from trainable.download import DataError
+from trainable.files import folder_problem
 from trainable.loop import run_training
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -92,11 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ConfigError as err:        # one line; the usage would bury it
         parser.exit(2, f"error: {err}\n")
+    problem = folder_problem(args.checkpoints_path)
+    if problem:
+        parser.exit(2, f"error: --checkpoints-path {args.checkpoints_path}: {problem}\n")
     try:
         run_training(cfg, args.checkpoints_path, progress=not args.no_progress)
-    except (DataError, CheckpointError, ValueError) as err:
+    except (DataError, CheckpointError, ValueError) as err:   # missing data, another config's checkpoint
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last finished epoch",
               file=sys.stderr)
