@@ -23,23 +23,19 @@ from trainable.losses import discriminator_loss, generator_loss
 Tensor = torch.Tensor
 
 
-class Trial(Protocol):
+class Trial(Protocol):        # a Trainer: its config and its conditioned statistics, if any
     cfg: Config
     conditioning: Conditioning | None
 
 
 class Nets(Protocol):
+    """How a step calls its networks and updates them. `discriminate` gives D's logits of real and
+    of detached fake pairs, for D's update; `judge` those of fake pairs, for G's (no D gradients)."""
     def generate(self, gray: Tensor, condition: Tensor | None) -> Tensor: ...
-
     def discriminate(self, real: Tensor, real_condition: Tensor | None,
-                     fake: Tensor, fake_condition: Tensor | None) -> tuple[Tensor, Tensor]:
-        """D's logits of real and of (detached) fake pairs, for D's update."""
-
+                     fake: Tensor, fake_condition: Tensor | None) -> tuple[Tensor, Tensor]: ...
     def update_discriminator(self, losses: list[Tensor]) -> None: ...
-
-    def judge(self, fake: Tensor, condition: Tensor | None) -> Tensor:
-        """D's logits of fake pairs for G's update (no D gradients wanted)."""
-
+    def judge(self, fake: Tensor, condition: Tensor | None) -> Tensor: ...
     def update_generator(self, losses: list[Tensor]) -> None: ...
 
 
@@ -54,20 +50,6 @@ def _per_trial(x: Tensor, stacked: bool) -> Sequence[Tensor]:
 
 def _joined(parts: Sequence[Tensor], stacked: bool) -> Tensor:
     return torch.stack(parts) if stacked else parts[0]
-
-
-def _pairs(gray: Tensor, ab: Tensor) -> Tensor:
-    return torch.cat([gray, ab], -3)
-
-
-def _rgb(lab: Tensor) -> Tensor:
-    rgb = lab_normalized_to_rgb(lab.flatten(0, -4))
-    return rgb.view(*lab.shape[:-3], *rgb.shape[-3:])
-
-
-def trial_targets(trial: Trial, batch: Tensor, noise: Tensor | None) -> tuple[Targets | None, Targets | None]:
-    """(requested targets, the images' own statistics) of a conditioned trial, drawn from `noise`."""
-    return (None, None) if trial.conditioning is None else trial.conditioning.draw(batch, noise)
 
 
 def generator_losses(trial: Trial, fake_logits: Tensor, fake_ab: Tensor, fake_rgb: Tensor | None,
@@ -105,21 +87,24 @@ def gan_step(nets: Nets, trials: Sequence[Trial], batch: Tensor, noise: Tensor |
     stacked = batch.dim() == 5
     gray = batch[..., :1, :, :]
     noises = _per_trial(noise, stacked) if noise is not None else [None] * len(trials)
-    drawn = [trial_targets(t, images, n) for t, images, n in zip(trials, _per_trial(batch, stacked), noises)]
+    drawn = [(None, None) if t.conditioning is None else t.conditioning.draw(images, n)
+             for t, images, n in zip(trials, _per_trial(batch, stacked), noises)]
     condition, real_condition = _conditions(trials, drawn, stacked)
     l1_ab, real_ab = _views(trials, batch, drawn, stacked)
 
     fake_ab = nets.generate(gray, condition)
-    real_logits, fake_logits = nets.discriminate(_pairs(gray, real_ab), real_condition,
-                                                 _pairs(gray, fake_ab.detach()), condition)
+    real_logits, fake_logits = nets.discriminate(torch.cat([gray, real_ab], -3), real_condition,
+                                                 torch.cat([gray, fake_ab.detach()], -3), condition)
     d_losses = [discriminator_loss(full_precision(real), full_precision(fake), t.cfg.loss.real_label)
                 for real, fake, t in zip(_per_trial(real_logits, stacked), _per_trial(fake_logits, stacked), trials)]
     nets.update_discriminator([d["loss_d"] for d in d_losses])
 
-    fake_logits = nets.judge(_pairs(gray, fake_ab), condition)    # G's own dtype: autocast's rounding
+    fake_logits = nets.judge(torch.cat([gray, fake_ab], -3), condition)   # G's own dtype: autocast's rounding
     fake_ab = full_precision(fake_ab)
-    rgb_needed = drawn[0][0] is not None or any(t.cfg.loss.controlled() for t in trials)
-    fake_rgb = _per_trial(_rgb(_pairs(gray, fake_ab)), stacked) if rgb_needed else [None] * len(trials)
+    fake_rgb = [None] * len(trials)                     # only control terms need RGB
+    if drawn[0][0] is not None or any(t.cfg.loss.controlled() for t in trials):
+        fake_lab = torch.cat([gray, fake_ab], -3)
+        fake_rgb = _per_trial(lab_normalized_to_rgb(fake_lab.flatten(0, -4)).view_as(fake_lab), stacked)
     g_losses = [generator_losses(t, logits, ab, rgb, l1, targets) for t, logits, ab, rgb, l1, (targets, _)
                 in zip(trials, _per_trial(fake_logits, stacked), _per_trial(fake_ab, stacked), fake_rgb,
                        _per_trial(l1_ab, stacked), drawn)]
