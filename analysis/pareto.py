@@ -1,7 +1,7 @@
 """Objectives, dominance, Pareto layers and the one scalar rank of a sweep's trials: defined here
 once for the spec, the live progress, `analysis.rank` and the report (numpy and pandas, no torch).
 
-The rank, documented in the README ("Reading a sweep") and reproducible from the table alone:
+The rank, documented in docs/ranking.md and reproducible from the table alone:
 1. only trials that ran to the end (status TERMINATED with every report) are ranked;
 2. first by Pareto layer from non-dominated sorting over the objectives (layer 1 = the front);
 3. within a layer by the mean over objectives of the min–max normalized value, oriented so that

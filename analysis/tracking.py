@@ -20,6 +20,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from analysis.mlflow_runs import LOST, PARENT, ROLE, STEP_METRIC, TRIAL_ID, load_mlflow_sweep, trial_runs
 from analysis.pareto import DEFAULT_OBJECTIVES, Objective, best_values, front_note, front_table, rank_table
@@ -28,6 +30,8 @@ from analysis.sweep_table import Sweep, SweepError
 from trainable.layout import SweepState
 
 SWEEP, SWEEP_PATH = "colorsweep.sweep", "colorsweep.sweep_path"
+SOURCE = "colorsweep.source"          # the generator file a registered run was made from
+MODEL_ARTIFACT = "model"
 FINAL_TRIAL, FINAL_RANK, FINAL_SOURCE = "colorsweep.trial_id", "colorsweep.trial_rank", "colorsweep.trial_run_id"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3 UI: runs, not traces
 BATCH = 100                           # MLflow's limit of params / metrics per log_batch call
@@ -250,3 +254,33 @@ def finish_final_run(state: SweepState | None, run_id: str, files: Sequence[Path
     for path in files:
         log_file(client, run_id, path, None)
     client.set_terminated(run_id, "FINISHED")
+
+
+def registered_version(tracking_uri: str, name: str, run_id: str) -> str | None:
+    """The version of registered model `name` that `run_id` already holds, if any."""
+    if existing_store(tracking_uri) is None:
+        return None
+    done = MlflowClient(tracking_uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return str(done[0].version) if done else None
+
+
+def log_model_version(tracking_uri: str, name: str, model_folder: Path, run_id: str | None, source: Path,
+                      description: str) -> str:
+    """Log a saved pyfunc model folder under `model/` of `run_id` (else of a new run tagged
+    registered, in the experiment named `name`) and register it as a new version of `name`."""
+    ensure_store(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    own_run = run_id is None
+    if own_run:
+        tags = {ROLE: "registered", SOURCE: str(Path(source).resolve())}
+        run_id = client.create_run(experiment_id(client, name), run_name=f"register-{name}", tags=tags).info.run_id
+    client.log_artifacts(run_id, str(model_folder), MODEL_ARTIFACT)
+    if own_run:
+        client.set_terminated(run_id, "FINISHED")
+    try:
+        client.create_registered_model(name, description="colorsweep colorizer (sweep.serving)")
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    artifacts = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+    return str(client.create_model_version(name, artifacts, run_id=run_id, description=description).version)

@@ -1,4 +1,4 @@
-"""The original project's open experiments (issue 12): where the saturation control acts, on CIFAR-10, CPU.
+"""The original project's open experiments: where the saturation control acts, on CIFAR-10, CPU.
 
     python -m bench.adjusted --data ../shared/data/cifar10 [--epochs N] [--sigma S ...] [--no-film] [--set k=v ...]
 
@@ -101,7 +101,7 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 def film_rows(base: list[str], data, epochs: int, lambda_s: float, out: Path) -> dict[str, dict | None]:
     try:
         from bench.conditioned import strip
-    except ImportError:                    # the conditioned bench (issue 11) is not in this checkout
+    except ImportError:                    # the conditioned bench is not in this checkout
         return {f"{label} (σ 0.1–0.7 mean)": None for label in FILM}
     rows = {}
     film = ["model.conditioning=film", "loss.saturation.range=[0.05,0.8]", f"loss.saturation.weight={lambda_s}"]

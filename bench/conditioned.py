@@ -1,4 +1,4 @@
-"""One generator, targets as inputs (issue 11): FiLM-conditioned saturation and hue on CIFAR-10, CPU.
+"""One generator, targets as inputs: FiLM-conditioned saturation and hue on CIFAR-10, CPU.
 
     python -m bench.conditioned --data ../shared/data/cifar10 [--epochs N] [--set k=v ...]
 

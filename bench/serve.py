@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from sweep import register
-from sweep.colorize import colorize_array, load_model
+from trainable.colorizer import colorize_array, load_model
 from trainable.config import load_config
 from trainable.export import export_generator
 from trainable.models import build_models

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sweep.colorize import SCALES, ColorModel, colorize_array, colorize_variants, load_model, strip_image
+from trainable.colorizer import SCALES, ColorModel, colorize_array, colorize_variants, load_model, strip_image
 from trainable.export import ModelError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
@@ -118,12 +118,17 @@ def build_app(model: ColorModel, examples: Sequence[Path] = ()):
     return page
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sweep.app", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="generator.pt, checkpoint folder, or models:/NAME/VERSION")
     parser.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
     parser.add_argument("--share", action="store_true", help="also ask Gradio for a public share link")
     parser.add_argument("--mlflow-uri", default=None, help="tracking store for models:/ (default: MLflow's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: not a port number")

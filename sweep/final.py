@@ -25,7 +25,7 @@ from analysis.load import load_sweep
 from analysis.sweep_table import Sweep, SweepError
 from analysis.store import StoreError
 from analysis.rank import ranked
-from sweep.colorize import write_png
+from trainable.files import write_png
 from sweep.register import register
 from trainable.checkpoint import load_checkpoint
 from trainable.config import Config, ConfigError, apply_overrides, flatten, from_dict, parse_assignment, to_dict

@@ -17,16 +17,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trainable import layout as sweep_state
 from analysis.store import StoreError, resolve_tracking_uri
 from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
+from sweep.trial_progress import clear_saved, saved_trials
 from trainable.config import ConfigError
 from trainable.download import DataError
-from trainable.files import folder_problem
+from trainable.files import folder_problem, write_text_atomic
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_STUCK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 # Ray's own lines that tell a user of this launcher nothing (our summary says it, or names this
@@ -102,7 +103,7 @@ def _auth_env_for_cluster() -> None:
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if not os.environ.get("RAY_AUTH_TOKEN") and not token_file.exists():
         raise LaunchError("--address: the cluster's token is missing: set RAY_AUTH_TOKEN to the contents of "
-                          "the head node's ~/.ray/auth_token (or copy that file here); see README 'Scaling out'")
+                          "the head node's ~/.ray/auth_token (or copy that file here); see docs/scaling.md")
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
@@ -153,12 +154,18 @@ def _start_ray(address: str | None) -> dict[str, float]:
 
 
 class Stop:
-    """Why Tune's run was stopped, if it was: Ctrl+C or the time budget. Either one asks Tune to stop
-    through SIGUSR1, its documented stop signal (Tune's own SIGINT handler is off), so the launcher
-    knows which happened; a second Ctrl+C raises KeyboardInterrupt as usual."""
+    """Why Tune's run was stopped, if it was: Ctrl+C or the time budget. Either one first lets the
+    running trials save where they are in their epoch (STOP_FILE; each answers through its progress
+    folder, waited for at most SAVE_GRACE_S), then asks Tune to stop through SIGUSR1, its documented
+    stop signal (Tune's own SIGINT handler is off), so the launcher knows which happened. A second
+    Ctrl+C raises KeyboardInterrupt as usual."""
+    SAVE_GRACE_S = 10.0
 
-    def __init__(self, budget_s: float | None):
+    def __init__(self, budget_s: float | None, sweep_dir: Path, running: Callable[[], set[str]]):
         self.reason: str | None = None
+        self._sweep_dir, self._running = sweep_dir, running
+        (sweep_dir / sweep_state.STOP_FILE).unlink(missing_ok=True)    # a stop file a kill left behind
+        clear_saved(sweep_dir)
         self._presses = 0
         self._previous = signal.signal(signal.SIGINT, self._ctrl_c)
         self._timer = None if budget_s is None else threading.Timer(max(1.0, budget_s), self._ask, ("budget",))
@@ -169,7 +176,17 @@ class Stop:
     def _ask(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
+            self._let_trials_save()
             os.kill(os.getpid(), signal.SIGUSR1)
+
+    def _let_trials_save(self) -> None:
+        running = self._running()
+        if not running:
+            return
+        write_text_atomic(self._sweep_dir / sweep_state.STOP_FILE, "")
+        deadline = time.monotonic() + self.SAVE_GRACE_S
+        while not running <= saved_trials(self._sweep_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _ctrl_c(self, signum, frame) -> None:
         self._presses += 1
@@ -181,6 +198,7 @@ class Stop:
         if self._timer:
             self._timer.cancel()
         signal.signal(signal.SIGINT, self._previous)
+        (self._sweep_dir / sweep_state.STOP_FILE).unlink(missing_ok=True)
 
 
 def _start_pack_server(spec: SweepSpec, cluster: dict):
@@ -222,8 +240,9 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
               f"MLflow: mlflow ui --backend-store-uri {old.tracking_uri}")
         return EXIT_FINISHED
-    from sweep.prepare import cpu_estimate, prepare_data
+    from sweep.prepare import check_realism_reference, cpu_estimate, prepare_data
     images = prepare_data(spec.config.data)   # before anything is made: a DataError leaves nothing
+    check_realism_reference(spec, images)
     if args.fresh:
         _move_aside(sweep_dir)
     _quiet_environment(local=args.address is None)
@@ -253,7 +272,9 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         print(f"resuming {spec.name} from {sweep_dir}")
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
     remaining = None if spec.time_budget_s is None else spec.time_budget_s - (time.monotonic() - started)
-    stop = Stop(remaining)
+    # packed trials step together in the pack server and stop at epoch ends: none is waited for
+    running = (lambda: set()) if spec.pack > 1 else ended.running
+    stop = Stop(remaining, sweep_dir, running)
     try:
         tuner.fit()
     finally:

@@ -3,7 +3,7 @@ without a GPU, measure a few steps to say how long the sweep would take (sweep.e
 
 Trials only read the data `prepare_data` left in place: the official archive is fetched (MD5-checked)
 and extracted here, the JPEG mirror decoded and cached as `train.npz` here, not once per trial.
-No Ray here; torch is imported only by the estimate.
+No Ray here; torch is imported only by the estimate and by the check of a realism objective.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from trainable.config import Config, DataConfig, apply_overrides
 from trainable.datasets import load_raw
 
 MEASURED_STEPS = 2              # timed after one warm-up step
+REALISM_OBJECTIVES = ("val_kid_controlled", "val_artefact")   # judged against a natural reference
 
 
 def _missing_folders(path: str) -> list[Path]:
@@ -45,6 +46,27 @@ def prepare_data(cfg: DataConfig) -> np.ndarray:
             except OSError:
                 pass
         raise
+
+
+def check_realism_reference(spec, images: np.ndarray) -> None:
+    """Refuse (SpecError, one line) a spec that optimizes val_kid_controlled or val_artefact when
+    some trial config has a target with fewer than train.realism_images natural reference images
+    in the validation split: there the estimate would be missing or biased. Every searched value
+    is tried with the others at their probe values."""
+    from sweep.spec import SpecError, probe_config, probe_values
+    realism = [o.metric for o in spec.objectives if o.metric in REALISM_OBJECTIVES]
+    if not realism:
+        return
+    from trainable.data import validation_images
+    from trainable.realism import NaturalReference, reference_shortfall
+    probe = probe_config(spec.config, spec.space)
+    reference = NaturalReference(validation_images(images, probe.data))
+    configs = [probe] + [apply_overrides(probe, {key: value}) for key, dist in spec.space.items()
+                         for value in probe_values(dist)]
+    for cfg in configs:
+        shortfall = reference_shortfall(cfg, reference)
+        if shortfall:
+            raise SpecError(f"objectives: {realism[0]} cannot be estimated: {shortfall}")
 
 
 def _measure(cfg: Config, images: np.ndarray) -> tuple[float, float]:

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,8 +34,8 @@ from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import apply_overrides, flatten, from_dict, to_dict
 from trainable.engine import Trainer, setup_process
 from trainable.export import export_generator
-from trainable.layout import GENERATOR, REPORT, SAMPLES
-from trainable.loop import LocalRun, Report, run_epochs
+from trainable.layout import GENERATOR, INTERRUPTED_DIR, REPORT, SAMPLES
+from trainable.loop import Interrupted, LocalRun, Report, run_epochs
 
 PACKED_TRIAL_CPU = 0.05
 
@@ -114,20 +115,33 @@ def _restored_state() -> dict | None:
         return load_checkpoint(folder)
 
 
+def _position(state: dict | None) -> tuple[int, int]:
+    return (-1, -1) if state is None else (state["epoch"], state.get("epoch_step", 0))
+
+
 def train_trial(config: dict, spec: SweepSpec, threads: int, sweep_dir: str) -> None:
     """Tune's function trainable: one trial from its searched values to its last epoch; its
-    in-epoch progress goes to a small file the driver's display reads (sweep/trial_progress.py)."""
+    in-epoch progress goes to a small file the driver's display reads (sweep/trial_progress.py).
+    When the launcher stops (Ctrl+C, the time budget) it asks through STOP_FILE: the trial saves
+    where it is in its epoch and waits for Tune to end it; a rerun starts at the next step."""
     cfg = spec.trial_config(config)
     if cfg.train.threads == 0:
         cfg = apply_overrides(cfg, {"train.threads": threads})
     setup_process(cfg)
     trainer = Trainer(cfg)
-    state = _restored_state()
+    trial_id = tune.get_context().get_trial_id()
+    saved_here = Path(sweep_dir) / INTERRUPTED_DIR / trial_id
+    state = max(_restored_state(), load_checkpoint(saved_here), key=_position)
     if state is not None:
         trainer.load_state_dict(state)
     run = LocalRun(trainer)
-    progress = TrialProgress(sweep_dir, tune.get_context().get_trial_id(), run, cfg.train.epochs)
-    run_epochs(run, report_to_tune, cfg.train.epochs, spec.report_every, progress)
+    progress = TrialProgress(sweep_dir, trial_id, run, cfg.train.epochs)
+    try:
+        run_epochs(run, report_to_tune, cfg.train.epochs, spec.report_every, progress, stop=progress.stop_asked)
+    except Interrupted:
+        save_checkpoint(saved_here, trainer.state_dict())
+        progress.saved()
+        threading.Event().wait()     # Tune ends this trial now; returning would mark it finished
 
 
 class PackedRun:
@@ -136,7 +150,8 @@ class PackedRun:
     def __init__(self, server, trial_id: str, epoch: int):
         self.server, self.trial_id, self.epoch = server, trial_id, epoch
 
-    def advance(self, progress=None) -> dict[str, float]:
+    def advance(self, progress=None, stop=None) -> dict[str, float]:
+        """One epoch in the pack server; packed trials stop at epoch ends (they step together)."""
         losses = ray.get(self.server.advance.remote(self.trial_id))
         self.epoch += 1
         return losses
@@ -274,6 +289,9 @@ class OutcomeCallback(tune.Callback):
     def on_step_end(self, iteration, trials, **info):
         self._stepped = True
         self._record(trials)
+
+    def running(self) -> set[str]:
+        return {row["trial"] for row in self.rows if row["status"] == "RUNNING"}
 
     def on_experiment_end(self, trials, **info):
         if not self._stepped:      # a restored sweep with nothing left to run: cleanup stopped nothing

@@ -3,7 +3,7 @@ MLflow pyfunc model (sweep.serving) and register it as a new version of NAME in 
 
 MODEL is an exported `generator.pt` (or a checkpoint's `latest.pt`). Without a run to log into, a
 run tagged colorsweep.role=registered is made in the experiment named NAME (created if missing);
-`sweep.final` logs into its final run instead. Explicit MlflowClient calls, no fluent active run.
+`sweep.final` logs into its final run instead. The MLflow writes are `analysis.tracking`'s.
 Serve a version with `mlflow models serve -m models:/NAME/VERSION --env-manager local`.
 """
 from __future__ import annotations
@@ -18,16 +18,14 @@ import mlflow
 import numpy
 import PIL
 import torch
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from analysis.store import StoreError, ensure_store, resolve_tracking_uri
-from sweep.colorize import load_model
+from analysis import tracking
+from analysis.store import StoreError, resolve_tracking_uri
+from trainable.colorizer import load_model
 from sweep.serving import GENERATOR, describe, input_example, signature
 from trainable.export import ModelError
 
-ARTIFACT = "model"
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")   # models from code: MLflow stores no pickle
 
 
@@ -47,25 +45,9 @@ def save_pyfunc(generator: Path, folder: Path) -> dict:
     return info
 
 
-def _registered_model(client: MlflowClient, name: str) -> None:
-    try:
-        client.create_registered_model(name, description="colorsweep colorizer (sweep.serving)")
-    except MlflowException as err:
-        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-
-
-def _new_run(client: MlflowClient, name: str, generator: Path) -> str:
-    found = client.get_experiment_by_name(name)
-    experiment_id = found.experiment_id if found else client.create_experiment(name)
-    run = client.create_run(experiment_id, run_name=f"register-{name}",
-                            tags={"colorsweep.role": "registered", "colorsweep.source": str(generator.resolve())})
-    return run.info.run_id
-
-
 def register(generator: str | Path, name: str, tracking_uri: str | None = None,
              run_id: str | None = None) -> tuple[str, str]:
-    """Log `generator` as a pyfunc model under `ARTIFACT` of `run_id` (a new run when None) and
+    """Log `generator` as a pyfunc model under `model/` of `run_id` (a new run when None) and
     register it as a new version of `name` → (version, models:/ URI). A run that already has a
     version of `name` keeps it: a rerun of a finished final run registers nothing twice."""
     generator = Path(generator)
@@ -73,32 +55,27 @@ def register(generator: str | Path, name: str, tracking_uri: str | None = None,
         raise ModelError(f"{generator}: not a file; register takes an exported generator.pt")
     load_model(generator)              # a file that is no model fails here, before any store is made
     tracking_uri = resolve_tracking_uri(tracking_uri)       # a relative sqlite path made absolute
-    ensure_store(tracking_uri)                             # a new store built the kill-safe way
-    client = MlflowClient(tracking_uri)
-    if run_id:
-        done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        if done:
-            return str(done[0].version), f"models:/{name}/{done[0].version}"
+    done = run_id and tracking.registered_version(tracking_uri, name, run_id)
+    if done:
+        return done, f"models:/{name}/{done}"
     with tempfile.TemporaryDirectory() as temp:
-        folder = Path(temp) / ARTIFACT
+        folder = Path(temp) / tracking.MODEL_ARTIFACT
         info = save_pyfunc(generator, folder)
-        own_run = run_id is None
-        run_id = run_id or _new_run(client, name, generator)
-        client.log_artifacts(run_id, str(folder), ARTIFACT)
-    if own_run:
-        client.set_terminated(run_id, "FINISHED")
-    _registered_model(client, name)
-    source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT}"
-    version = client.create_model_version(name, source, run_id=run_id, description=info["summary"])
-    return str(version.version), f"models:/{name}/{version.version}"
+        version = tracking.log_model_version(tracking_uri, name, folder, run_id, generator, info["summary"])
+    return version, f"models:/{name}/{version}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     summary = " ".join(__doc__.split("\n\n")[0].split())     # the first paragraph, not its first line
     parser = argparse.ArgumentParser(prog="python -m sweep.register", description=summary)
     parser.add_argument("model", help="exported generator.pt")
     parser.add_argument("--name", required=True, help="registered model name (a new version each time)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking store (default: MLflow's, MLFLOW_TRACKING_URI)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.name.strip() or "'" in args.name:
         parser.error("--name must not be empty or hold a quote (')")

@@ -26,7 +26,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image, UnidentifiedImageError
 
-from sweep.colorize import SCALES, ColorModel, TargetError, check_targets, colorize_many, load_model
+from trainable.colorizer import SCALES, ColorModel, TargetError, check_targets, colorize_many, load_model
 from trainable.config import CONTROL_NAMES
 
 COLUMN = "image"

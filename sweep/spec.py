@@ -214,6 +214,8 @@ def _objectives(raw: object, cfg: Config) -> tuple[Objective, ...]:
         key = f"objectives[{i}]"
         check_mapping(key, entry, ("metric", "mode"))
         metric, mode = entry.get("metric"), entry.get("mode", "min")
+        need(f"{key}.metric", metric != "val_kid_controlled" or cfg.train.kid_every > 0,
+             "val_kid_controlled needs config.train.kid_every >= 1 (epochs between KID evaluations)")
         need(f"{key}.metric", metric in reported,
               f"the trainer does not report {metric!r} (it reports: {', '.join(sorted(reported))})")
         need(f"{key}.mode", mode in MODES, f"must be min or max, got {mode!r}")

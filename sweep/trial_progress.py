@@ -1,9 +1,11 @@
-"""How far each running trial is inside its epoch, for the driver's live display.
+"""A running trial's link to its driver through small files (never a Ray call: a step never waits
+on the driver): how far it is inside its epoch, for the live display, and the launcher's stop.
 
 A trial's `progress(done, total)` hook (trainable.loop's StepProgress) rewrites one small JSON file,
 `<sweep>/.progress/<trial_id>.json`, at most once a second: the epoch in progress, the steps done
 of the epoch's steps, when that epoch began and how long the trial's last whole epoch took
-(training, evaluation and report). A file rename, not a Ray call: the step never waits on the driver.
+(training, evaluation and report). When the launcher stops it writes the sweep's STOP_FILE; a trial
+that saw it (`stop_asked`) saves its place and writes `<trial_id>.saved` beside its progress file.
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import time
 from pathlib import Path
 
 from trainable.files import write_text_atomic
-from trainable.layout import PROGRESS_DIR
+from trainable.layout import PROGRESS_DIR, STOP_FILE
 
+SAVED_SUFFIX = ".saved"
 WRITE_EVERY_S = 1.0
+STOP_LOOK_S = 0.5
 
 
 class TrialProgress:
@@ -24,6 +28,8 @@ class TrialProgress:
         self.path = Path(sweep_dir) / PROGRESS_DIR / f"{trial_id}.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run, self.epochs = run, epochs
+        self.stop_file = Path(sweep_dir) / STOP_FILE
+        self._looked, self._stop = float("-inf"), False
         self._epoch = self._epoch_started = self._epoch_seconds = None
         self._written = 0.0
 
@@ -42,6 +48,29 @@ class TrialProgress:
                 write_text_atomic(self.path, json.dumps(record))
             except OSError:               # progress is a display aid: never fail a trial for it
                 pass
+
+
+    def stop_asked(self) -> bool:
+        """Whether the launcher is stopping (its STOP_FILE), looked at most every STOP_LOOK_S: the
+        sweep folder may be a network drive."""
+        now = time.monotonic()
+        if now - self._looked >= STOP_LOOK_S:
+            self._looked, self._stop = now, self.stop_file.exists()
+        return self._stop
+
+    def saved(self) -> None:
+        """Tell the stopping launcher this trial has saved its place (a file beside its progress)."""
+        write_text_atomic(self.path.with_suffix(SAVED_SUFFIX), "")
+
+
+def saved_trials(sweep_dir: str | Path) -> set[str]:
+    """The trials that have saved their place since the launcher asked them to stop."""
+    return {path.stem for path in (Path(sweep_dir) / PROGRESS_DIR).glob(f"*{SAVED_SUFFIX}")}
+
+
+def clear_saved(sweep_dir: str | Path) -> None:
+    for path in (Path(sweep_dir) / PROGRESS_DIR).glob(f"*{SAVED_SUFFIX}"):
+        path.unlink(missing_ok=True)
 
 
 def read_progress(sweep_dir: str | Path) -> dict[str, dict]:

@@ -1,5 +1,6 @@
-"""Every `!python -m` line of the README's "On Colab" section, run on the shared smoke sweep: `saturation` read as
-`smoke`, `$S` the folder that holds it. Only the install and the Drive mount are not run."""
+"""Every `!python -m` line of the "On Colab" section of docs/sweeps.md, run on the shared smoke sweep:
+`saturation` read as `smoke`, `$S` the folder that holds it. Only the install and the Drive mount are
+not run."""
 from __future__ import annotations
 
 import re
@@ -15,8 +16,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def colab_commands() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    text = readme.split("\n## On Colab\n", 1)[1].split("\n## ", 1)[0]
+    guide = (ROOT / "docs" / "sweeps.md").read_text()
+    text = guide.split("\n## On Colab\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```\n(.*?)```", text, flags=re.S)
     return [line[1:] for block in blocks for line in block.splitlines() if line.startswith("!python -m ")]
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sweep.app import STRIP_POINTS, build_app
-from sweep.colorize import colorize_array, colorize_variants, load_model
+from trainable.colorizer import colorize_array, colorize_variants, load_model
 from tests.helpers import tiny_config, wait_until
 from tests.serving_fixtures import (CONDITIONED, FIXED, export_model, free_port, gray_png, server_env, start, stop,
                                     wait_until_up)

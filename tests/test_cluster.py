@@ -1,6 +1,6 @@
 """A two-node Ray cluster on this machine, kept on loopback, with the smoke sweep joined by `--address`.
 
-The README's "Trying it on one machine" commands, run for real: a head `ray start --head
+The "Trying it on one machine" commands of docs/scaling.md, run for real: a head `ray start --head
 --node-ip-address=127.0.0.1` with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (so Ray keeps 127.0.0.1 and binds
 to it), a second node and the launcher joining it as `127.1:PORT` with GRPC_DNS_RESOLVER=native, token
 authentication on. Every port and the temp dir are the test's own, so other Ray instances on the machine

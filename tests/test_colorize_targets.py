@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sweep.colorize import colorize_array, colorize_many, load_model, main, predict_ab, working_size
+from trainable.colorizer import colorize_array, colorize_many, load_model, predict_ab, working_size
+from sweep.colorize import main
 from tests.helpers import tiny_config
 from trainable.checkpoint import save_checkpoint
 from trainable.engine import Trainer

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.colorize import colorize_array, load_model
+from trainable.colorizer import colorize_array, load_model
 from tests.helpers import tiny_config
 from trainable.color import image_statistics, lab_normalized_to_rgb, lab_normalized_to_uint8
 from trainable.condition import condition_vector, fixed_targets

@@ -8,7 +8,8 @@ import torch
 from tests.helpers import tiny_config
 from trainable.engine import Trainer
 from trainable.names import metric_names_of
-from trainable.loop import read_metrics, run_training, train_epoch
+from trainable.checkpoint import load_checkpoint, save_checkpoint
+from trainable.loop import Interrupted, read_metrics, run_training, train_epoch
 
 
 def _weights(trainer: Trainer) -> torch.Tensor:
@@ -92,3 +93,29 @@ def test_control_term_moves_saturation_both_ways():
     baseline, high, low = achieved[(0, 0.5)], achieved[(20, 0.9)], achieved[(20, 0.1)]
     assert high > baseline + 0.05 and low < baseline - 0.05, achieved
     assert high - low > 0.15, achieved
+
+
+@pytest.mark.slow
+def test_an_epoch_stopped_mid_way_resumes_at_the_next_step_with_the_same_weights(tmp_path):
+    """Stopped after step 4 of epoch 2 (as a trial is when its launcher stops), saved, loaded into a
+    new trainer: the rest of the epoch gives the weights and mean losses of an unbroken run."""
+    straight = Trainer(tiny_config())
+    train_epoch(straight)
+    straight_losses = train_epoch(straight)[0]
+    broken = Trainer(tiny_config())
+    train_epoch(broken)
+    asked = []
+    with pytest.raises(Interrupted):
+        train_epoch(broken, stop=lambda: len(asked) >= 3 or asked.append(1))
+    assert broken.epoch == 1 and broken.epoch_step == 4
+    save_checkpoint(tmp_path, broken.state_dict())
+    resumed = Trainer(tiny_config())
+    resumed.load_state_dict(load_checkpoint(tmp_path))
+    steps = []
+    losses = train_epoch(resumed, progress=lambda done, total: steps.append(done))[0]
+    assert steps[0] == 5 and steps[-1] == len(steps) + 4            # began at the next step
+    assert resumed.epoch == 2 and resumed.step == straight.step and resumed.epoch_step == 0
+    assert torch.equal(_weights(straight), _weights(resumed))
+    assert torch.equal(torch.cat([p.flatten() for p in straight.discriminator.parameters()]),
+                       torch.cat([p.flatten() for p in resumed.discriminator.parameters()]))
+    assert losses == straight_losses

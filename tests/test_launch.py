@@ -7,8 +7,10 @@ import re
 import signal
 
 import pytest
+import yaml
 
 from trainable import layout as sweep_state
+from trainable.checkpoint import load_checkpoint
 from sweep.launch import main, rerun_command
 from sweep.spec import load_spec, resolved
 from tests.helpers import (SMOKE, assert_complete, duplicate_steps, iterations, leave_hot_journal,
@@ -119,6 +121,10 @@ def test_time_budget_stops_and_same_command_completes(tmp_path):
     assert process.wait() == 130, (tmp_path / "first_run.log").read_text()[-3000:]
     interrupted = (tmp_path / "first_run.log").read_text()
     assert "interrupted, state saved; to continue: python -m sweep.launch" in interrupted
+    # the running trials saved where they were in their epoch before Tune stopped them
+    saved = [load_checkpoint(folder) for folder in (sweep_dir / "interrupted").iterdir()]
+    assert saved and all(state["epoch_step"] > 0 for state in saved), interrupted[-3000:]
+    assert not (sweep_dir / ".stop").exists()
     for noise in ("Tuner.restore", "Checkpoint successfully created", "Token authentication", "ensorBoard",
                   "Traceback", "\x1b["):
         assert noise not in interrupted, noise
@@ -188,3 +194,18 @@ def test_storage_under_a_file_is_one_line_and_makes_nothing(tmp_path, capsys):
 ])
 def test_rerun_command_drops_the_one_run_budget_and_keeps_other_sets(argv, expected):
     assert rerun_command(argv) == f"python -m sweep.launch {expected}"
+
+
+def test_realism_objective_without_enough_reference_images_is_refused_before_ray(tmp_path, capsys):
+    spec = {"name": "real", "config": {"data": {"dataset": "synthetic"}, "model": {"width": 0.125},
+                                       "train": {"realism_images": 400}},
+            "space": {"loss.saturation.weight": {"type": "uniform", "low": 1, "high": 5}},
+            "objectives": [{"metric": "val_artefact"}], "num_samples": 2}
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code = main([str(path), "--storage", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: objectives: val_artefact cannot be estimated: train.realism_images: "
+                          "saturation=0.5 has ") and "fewer than 400" in err
+    assert not (tmp_path / "sweeps" / "real").exists()

@@ -113,7 +113,8 @@ def test_channels_last_changes_the_layout_not_the_training():
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     resumed = Trainer(tiny_config("train.precision=fp32", "train.channels_last=off"), data)
     resumed.load_state_dict(nhwc.state_dict())            # checkpoints do not carry the layout
-    assert resumed.evaluate() == pytest.approx(nhwc.evaluate(), rel=1e-5, abs=1e-6)
+    # the tiny validation split has no natural reference: val_artefact is NaN in both
+    assert resumed.evaluate() == pytest.approx(nhwc.evaluate(), rel=1e-5, abs=1e-6, nan_ok=True)
 
 
 def test_graph_warm_up_leaves_no_trace():

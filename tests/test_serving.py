@@ -95,6 +95,8 @@ def test_register_adds_a_version_each_time_and_the_page_opens_it(models, tmp_pat
     assert sorted(str(v.version) for v in client.search_model_versions("name = 'colorizer'")) == ["1", "2"]
     run = client.get_run(client.get_model_version("colorizer", "1").run_id)
     assert run.data.tags["colorsweep.role"] == "registered" and run.info.status == "FINISHED"
+    # made where the sweep makes its experiments: MLflow 3 opens it on its runs, not on traces
+    assert client.get_experiment_by_name("colorizer").tags["mlflow.experimentKind"] == "custom_model_development"
     final_run = client.create_run(client.get_experiment_by_name("colorizer").experiment_id).info.run_id
     assert register.register(exported["film"], "colorizer", uri, final_run) == ("3", "models:/colorizer/3")
     assert register.register(exported["film"], "colorizer", uri, final_run)[0] == "3"     # once per run

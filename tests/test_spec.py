@@ -162,3 +162,11 @@ def test_checking_a_spec_imports_no_torch():
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            cwd=SPACES.parent, check=True)
     assert found.stdout.strip() == "[]"
+
+
+def test_kid_objective_needs_kid_every():
+    objectives = [{"metric": "val_kid_controlled"}, {"metric": "val_artefact"}]
+    with pytest.raises(SpecError, match=r"^objectives\[0\]\.metric: val_kid_controlled needs config\.train\.kid_every"):
+        parse_spec(with_changes(objectives=objectives))
+    spec = parse_spec(with_changes(objectives=objectives), ["train.kid_every=2"])
+    assert [o.metric for o in spec.objectives] == ["val_kid_controlled", "val_artefact"]

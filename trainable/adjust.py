@@ -1,4 +1,4 @@
-"""Real images moved to meet target statistics: the adjusted ground truth (issue 12).
+"""Real images moved to meet target statistics: the adjusted ground truth.
 
 `adjust_to_targets(lab, targets)` changes only the ab channels of normalized-Lab images (L is kept
 bit for bit) so that each image's statistics, measured with the control terms' own functions
@@ -251,7 +251,8 @@ def batch_targets(loss_cfg: LossConfig, requested: Targets | None = None,
 
 
 def uses_adjusted(cfg: Config) -> bool:
-    """Whether any of issue 12's switches asks for adjusted images."""
+    """Whether any switch of where the control acts (l1_target, control_on, adjust_fraction) asks for
+    adjusted images."""
     return cfg.loss.l1_target == "adjusted" or cfg.loss.control_on != "generator" or cfg.data.adjust_fraction > 0
 
 

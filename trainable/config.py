@@ -23,6 +23,8 @@ SWITCHES = ("auto", "on", "off")
 CONDITIONINGS = ("none", "film")
 D_CONDITIONINGS = ("none", "projection")
 UPSAMPLES = ("transposed", "resize")
+OUTPUTS = ("learned", "projected")
+KID_MIN_IMAGES = 2                # the unbiased KID estimate needs two images per set
 L1_TARGETS = ("original", "adjusted")
 CONTROL_ON = ("generator", "discriminator", "both")
 
@@ -65,6 +67,7 @@ class ModelConfig:
     conditioning: str = "none"    # film: G takes per-image targets (Perez et al. 2017)
     d_conditioning: str = "none"  # projection: D sees them too (Miyato & Koyama 2018)
     upsample: str = "transposed"  # resize: nearest ×2 then 3×3 conv (no checkerboard; Odena et al. 2016)
+    output: str = "learned"       # projected: G's last layer moves ab onto the targets (trainable.projection)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ class TrainConfig:
     fused_adam: str = "auto"      # auto = on for CUDA
     channels_last: str = "auto"   # NHWC convolutions; auto = on for the CPU (measured), off on CUDA
     fid_every: int = 0            # FID/KID on the validation split every N epochs; 0 = off (slow on a CPU)
+    kid_every: int = 0            # val_kid_controlled every N epochs and at the last; 0 = off (trainable.realism)
+    kid_input_size: int = 128     # Inception input side for val_kid_controlled; 299 = FID's own
+    realism_images: int = 50      # natural reference images per target (val_kid_controlled, val_artefact)
 
 
 @dataclass(frozen=True)
@@ -183,11 +189,18 @@ def _validate_adjusted(cfg: Config) -> None:
     lo = cfg.loss
     for key, value, allowed in (("loss.l1_target", lo.l1_target, L1_TARGETS),
                                 ("loss.control_on", lo.control_on, CONTROL_ON),
-                                ("model.upsample", cfg.model.upsample, UPSAMPLES)):
+                                ("model.upsample", cfg.model.upsample, UPSAMPLES),
+                                ("model.output", cfg.model.output, OUTPUTS)):
         _check(key, value in allowed, f"must be one of {', '.join(allowed)}, got {value!r}")
     _check("loss.adversarial_weight", lo.adversarial_weight >= 0, "must be >= 0")
+    _check("model.output", cfg.model.output != "projected" or lo.controlled() or lo.conditioned(),
+           "projected needs a target: a loss.<statistic>.weight > 0 or a loss.<statistic>.range")
     _check("data.adjust_fraction", 0 <= cfg.data.adjust_fraction <= 1, "must be in [0, 1]")
     _check("train.fid_every", cfg.train.fid_every >= 0, "must be >= 0")
+    _check("train.kid_every", cfg.train.kid_every >= 0, "must be >= 0")
+    _check("train.kid_input_size", 75 <= cfg.train.kid_input_size <= 299, "must be in [75, 299] (Inception)")
+    _check("train.realism_images", cfg.train.realism_images >= KID_MIN_IMAGES,
+           f"must be >= {KID_MIN_IMAGES} (an unbiased KID needs two images per set)")
 
 
 def _validate_conditioning(cfg: Config) -> None:

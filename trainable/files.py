@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+from PIL import Image
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
@@ -66,3 +69,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_png(array: np.ndarray, path: Path) -> None:
+    """A uint8 HWC RGB array as a PNG, written the atomic way."""
+    write_atomic(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"))

@@ -4,7 +4,8 @@ A training folder (`trainable.train`, a sweep's `final/`): `checkpoint/latest.pt
 `config.yaml`, `metrics.jsonl`. A trial checkpoint (one per Tune report): `latest.pt`, `samples.png`,
 `generator.pt`, `report.json`. A sweep folder: Tune's files plus `colorsweep_spec.yaml` (the
 resolved spec, checked on every resume), `colorsweep_state.json` (finished flag, where MLflow
-writes), `.progress/` (each running trial's place in its epoch, `sweep.trial_progress`) and `final/`
+writes), `.progress/` (each running trial's place in its epoch, `sweep.trial_progress`),
+`interrupted/<trial_id>/` (a trial's state saved mid-epoch as its launcher stopped) and `final/`
 (`final.json`, `test_metrics.json`, `samples.png`, `generator.pt`).
 Only json and yaml here (no torch, Ray or MLflow): spec checks, the analysis and the cores read it.
 """
@@ -34,6 +35,8 @@ PROGRESS_DIR = ".progress"
 FINAL_DIR = "final"
 FINAL_RECORD = "final.json"
 TEST_METRICS = "test_metrics.json"
+STOP_FILE = ".stop"                   # in a sweep folder while its launcher stops: trials save where they are
+INTERRUPTED_DIR = "interrupted"       # in a sweep folder: <trial_id>/, the state a trial saved mid-epoch
 
 
 @dataclass(frozen=True)

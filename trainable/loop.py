@@ -49,25 +49,54 @@ def steps_for(trainers: list[Trainer]) -> StepGroup:
     return EagerStep(trainers[0]) if len(trainers) == 1 else PackedTrainer(trainers)
 
 
-def train_epoch(group: StepGroup | Trainer, progress: StepProgress | None = None) -> list[dict[str, float]]:
+class Interrupted(Exception):
+    """The epoch in progress stopped after a step because `stop()` said so; the trainers hold its
+    position (epoch_step, epoch_rng, epoch_sums), so their state_dict resumes at the next step."""
+
+
+def _start(group: StepGroup) -> tuple[int, dict[str, torch.Tensor]]:
+    """The step the epoch starts at and the loss sums so far: 0 and none, or where an interrupted
+    epoch stopped, whose plan is then drawn again from the generator as that epoch began."""
+    starts = {trainer.epoch_step for trainer in group.trainers}
+    if len(starts) > 1:
+        raise ValueError("trainers stepped together must stand at the same step of their epoch")
+    for trainer in group.trainers:
+        if trainer.epoch_step:
+            trainer.rng.set_state(trainer.epoch_rng)
+        else:
+            trainer.epoch_rng = trainer.rng.get_state()
+    keys = group.trainers[0].epoch_sums
+    sums = {key: torch.tensor([t.epoch_sums[key] for t in group.trainers], device=group.device) for key in keys}
+    return starts.pop(), sums
+
+
+def train_epoch(group: StepGroup | Trainer, progress: StepProgress | None = None,
+                stop: Callable[[], bool] | None = None) -> list[dict[str, float]]:
     """One pass over the training images by every trainer of `group` (a lone Trainer: as
-    `steps_for` steps it); → each trainer's mean losses and lr. Stacked state is synced back."""
+    `steps_for` steps it); → each trainer's mean losses and lr. Stacked state is synced back.
+    `stop` is asked after each step; when it says so mid-epoch, Interrupted is raised."""
     group = steps_for([group]) if isinstance(group, Trainer) else group
     for trainer in group.trainers:          # evaluate() leaves the nets in eval mode
         trainer.generator.train()
         trainer.discriminator.train()
+    start, sums = _start(group)
     order, flips = group.plan_epoch()
     noise = group.plan_conditions(len(order))
     lr_table = group.lr_factors(len(order))
-    sums: dict[str, torch.Tensor] = {}
-    for i in range(len(order)):
+    for i in range(start, len(order)):
         step_noise = None if noise is None else noise[i]
         for key, value in group.step(group.next_batch(order[i], flips[i]), lr_table[i], step_noise).items():
             sums[key] = sums[key] + value if key in sums else value
         if progress is not None:
             progress(i + 1, len(order))
+        if stop is not None and i + 1 < len(order) and stop():
+            host = {key: value.tolist() for key, value in sums.items()}     # one sync, only here
+            for k, trainer in enumerate(group.sync()):
+                trainer.epoch_step, trainer.epoch_sums = i + 1, {key: values[k] for key, values in host.items()}
+            raise Interrupted
     results = group.end_epoch(sums, len(order))
-    group.sync()
+    for trainer in group.sync():
+        trainer.epoch_step, trainer.epoch_rng, trainer.epoch_sums = 0, None, {}
     return results
 
 
@@ -85,24 +114,26 @@ class LocalRun:
     def epoch(self) -> int:
         return self.trainer.epoch
 
-    def advance(self, progress: StepProgress | None = None) -> dict[str, float]:
+    def advance(self, progress: StepProgress | None = None,
+                stop: Callable[[], bool] | None = None) -> dict[str, float]:
         self.group = self.group or steps_for([self.trainer])
-        return train_epoch(self.group, progress)[0]
+        return train_epoch(self.group, progress, stop)[0]
 
     def report(self) -> Report:
         return report_of(self.trainer)
 
 
 def run_epochs(run, sink: Callable[[dict, dict, np.ndarray], None], epochs: int, every: int = 1,
-               progress: StepProgress | None = None) -> None:
+               progress: StepProgress | None = None, stop: Callable[[], bool] | None = None) -> None:
     """Train `run` up to `epochs`, reporting after every `every`-th epoch and the last. A run
-    restored at its last epoch still reports once: Tune marks a trial done only on a report."""
+    restored at its last epoch still reports once: Tune marks a trial done only on a report.
+    `stop` goes to each epoch (train_epoch), whose Interrupted leaves here."""
     losses: dict[str, float] = {}
     reported = False
     while run.epoch < epochs or not reported:
         target = min(epochs, (run.epoch // every + 1) * every)
         while run.epoch < target:
-            losses = run.advance(progress)
+            losses = run.advance(progress, stop)
         reported = True
         metrics, state, grid = run.report()
         sink({"epoch": run.epoch, **losses, **metrics}, state, grid)

@@ -22,6 +22,7 @@ from torch import nn
 
 from trainable.condition import CONDITION_SIZE
 from trainable.config import Config
+from trainable.projection import Projection
 
 KERNEL = 4
 LEAKY_SLOPE = 0.2
@@ -113,7 +114,7 @@ class Generator(nn.Module):
     """U-Net: normalized L (N,1,S,S) [and c (N, CONDITION_SIZE)] → normalized ab (N,2,S,S) in [−1, 1]."""
 
     def __init__(self, image_size: int = 32, width: float = 1.0, conditioned: bool = False,
-                 upsample: str = "transposed"):
+                 upsample: str = "transposed", output: nn.Module | None = None):
         super().__init__()
         widths = stage_widths(_stride_two_stages(image_size, 2) + 1, width)
         # 32×32, width 1: encoder 64 @32 (stride 1), 128 @16, 256 @8, 512 @4, 512 @2.
@@ -132,6 +133,8 @@ class Generator(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(in_ch, 2, kernel_size=1), nn.Tanh())
         # FiLM on the bottleneck and every decoder stage: widths[-1], then the decoder's widths.
         self.film = Film([widths[-1], *skip_widths]) if conditioned else None
+        # model.output=projected: (L, ab, c) → ab on the asked targets (trainable.projection); no weights
+        self.output = output
 
     def forward(self, lightness: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """condition: c of trainable.condition; None on a conditioned generator = every statistic free."""
@@ -148,7 +151,8 @@ class Generator(nn.Module):
         x = run_stage(self.encoder[-1], x, films[0])     # the bottleneck is not concatenated with itself
         for stage, film in zip(self.decoder, films[1:]):
             x = torch.cat([run_stage(stage, x, film), skips.pop()], dim=1)
-        return self.head(x)
+        ab = self.head(x)
+        return ab if self.output is None else self.output(lightness, ab, condition)
 
 
 class Discriminator(nn.Module):
@@ -215,8 +219,9 @@ def init_weights(module: nn.Module) -> nn.Module:
 
 def build_generator(cfg: Config) -> Generator:
     """The generator cfg describes (conditioned or not), with PyTorch's default initialization."""
+    output = Projection(cfg.loss) if cfg.model.output == "projected" else None
     return Generator(cfg.data.image_size, cfg.model.width, conditioned=cfg.model.conditioning == "film",
-                     upsample=cfg.model.upsample)
+                     upsample=cfg.model.upsample, output=output)
 
 
 def build_models(cfg: Config) -> tuple[Generator, Discriminator]:

@@ -1,0 +1,187 @@
+"""Images/s delivered as device Lab batches: a plain ImageFolder + DataLoader vs colorsweep's shards.
+
+    python -m bench.data                       # 20,000 synthetic 256×256 JPEGs, 2 loader workers
+    python -m bench.data --images 2000 --batches 30
+
+Makes a folder of N procedural JPEGs (trainable.datasets.make_synthetic), converts it to shards
+with `python -m trainable.shards` (JPEG and raw codecs; conversion rate and size on disk), then for
+256-px and 64-px random crops times, with the same loader workers: (a) a Dataset that opens each
+file with PIL, crops, flips, and a DataLoader that collates, then Lab on the device; (b) ShardStream.
+Prints images/s, the ratio (b)/(a) and the peak memory (PSS, summed over the process and its loader
+workers, so pages shared after fork count once) of each.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trainable.color import rgb_to_lab_normalized
+from trainable.datasets import make_synthetic
+from trainable.files import is_image_name
+from trainable.shards import main as convert_main
+from trainable.stream import ShardStream
+
+SIZE = 256
+MAKE_CHUNK = 256      # synthetic images generated at once
+GRAIN = 6.0           # std of the per-pixel noise that gives the smooth procedural images a photo's texture
+
+
+def make_folder(folder: Path, count: int, seed: int) -> None:
+    """count 256×256 JPEGs (quality 90) with film grain, in 100-image subfolders; skipped when
+    already there. Without the grain they compress to a few kB, and decode faster than photos."""
+    if folder.is_dir() and sum(1 for _ in folder.rglob("*.jpg")) == count:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    for start in range(0, count, MAKE_CHUNK):
+        images = make_synthetic(min(MAKE_CHUNK, count - start), SIZE, seed + start)
+        for offset, image in enumerate(images):
+            index = start + offset
+            sub = folder / f"{index // 100:04d}"
+            sub.mkdir(parents=True, exist_ok=True)
+            grainy = image + rng.normal(0, GRAIN, image.shape).astype(np.float32)
+            Image.fromarray(np.clip(grainy, 0, 255).astype(np.uint8)).save(sub / f"{index:06d}.jpg", quality=90)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The plain baseline: one file per item, PIL decode, random crop and flip, uint8 CHW."""
+
+    def __init__(self, root: Path, crop: int):
+        self.files = sorted(p for p in root.rglob("*") if is_image_name(p))
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.files[index]) as image:
+            rgb = np.asarray(image.convert("RGB"))
+        top, left = np.random.randint(0, rgb.shape[0] - self.crop + 1, 2)
+        window = rgb[top:top + self.crop, left:left + self.crop]
+        if np.random.rand() < 0.5:
+            window = window[:, ::-1]
+        return torch.from_numpy(window.copy()).permute(2, 0, 1)
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid] + [p for child in children for p in _tree(int(child))]
+
+
+class PeakMemory:
+    """Peak PSS of this process and its descendants, sampled by a thread while the block runs."""
+
+    def __enter__(self):
+        self.peak_kb, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import os
+        while not self._stop.wait(0.05):
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _tree(os.getpid())))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def megabytes(self) -> float:
+        return self.peak_kb / 1024
+
+
+def _timed(batches, limit: int, to_lab) -> float:
+    """Images/s over batches 2..limit+1 (the first one pays worker start-up and is not timed)."""
+    iterator = iter(batches)
+    to_lab(next(iterator))
+    images, started = 0, time.perf_counter()
+    for _, batch in zip(range(limit), iterator):
+        images += len(to_lab(batch))
+    return images / (time.perf_counter() - started)
+
+
+def plain_rate(folder: Path, crop: int, args, device: torch.device) -> float:
+    loader = torch.utils.data.DataLoader(ImageFiles(folder, crop), batch_size=args.batch_size, shuffle=True,
+                                         num_workers=args.workers, drop_last=True, prefetch_factor=2)
+
+    def to_lab(batch: torch.Tensor) -> torch.Tensor:
+        return rgb_to_lab_normalized(batch.to(device).float() / 255)
+    return _timed(loader, args.batches, to_lab)
+
+
+def shard_rate(shards: Path, crop: int, args, device: torch.device) -> float:
+    stream = ShardStream(shards, args.batch_size, crop, device, workers=args.workers, val_limit=1)
+    return _timed(stream, args.batches, lambda batch: batch)
+
+
+def convert(folder: Path, shards: Path, codec: str, workers: int) -> tuple[float, float]:
+    """(images/s, MB on disk) of one conversion into a fresh folder."""
+    shutil.rmtree(shards, ignore_errors=True)
+    started = time.perf_counter()
+    code = convert_main([str(folder), str(shards), "--codec", codec, "--workers", str(workers), "--quiet"])
+    seconds = time.perf_counter() - started
+    if code:
+        raise SystemExit(code)
+    count = sum(1 for _ in folder.rglob("*.jpg"))
+    return count / seconds, sum(p.stat().st_size for p in shards.iterdir()) / 1e6
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=2, help="loader (and conversion) workers, both sides")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=40, help="batches timed per row")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", default="", help="folder for the images and shards (default: a temp folder)")
+    parser.add_argument("--codecs", nargs="+", default=["jpeg", "raw"])
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-data-"))
+    folder = work / "images"
+    make_folder(folder, args.images, seed=1)
+    source_mb = sum(p.stat().st_size for p in folder.rglob("*.jpg")) / 1e6
+    print(f"{args.images} images of {SIZE}px in {folder} ({source_mb:.0f} MB); {args.workers} workers, "
+          f"batch {args.batch_size}, {args.batches} batches timed, device {device}")
+    for codec in args.codecs:
+        rate, megabytes = convert(folder, work / f"shards-{codec}", codec, args.workers)
+        print(f"convert --codec {codec}: {rate:.0f} images/s, {megabytes:.0f} MB on disk")
+    print(f"{'crop':>5} {'loader':<16} {'images/s':>9} {'ratio':>6} {'peak MB':>8}")
+    for crop in (256, 64):
+        with PeakMemory() as memory:
+            base = plain_rate(folder, crop, args, device)
+        print(f"{crop:>5} {'(a) ImageFolder':<16} {base:>9.0f} {1:>6.2f} {memory.megabytes:>8.0f}")
+        for codec in args.codecs:
+            with PeakMemory() as memory:
+                rate = shard_rate(work / f"shards-{codec}", crop, args, device)
+            print(f"{crop:>5} {'(b) shards ' + codec:<16} {rate:>9.0f} {rate / base:>6.2f} {memory.megabytes:>8.0f}")
+    if not args.work:
+        shutil.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
