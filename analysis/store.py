@@ -17,7 +17,6 @@ from contextlib import closing
 from pathlib import Path
 
 SQLITE = "sqlite:///"
-RUNS_VIEW = "#/experiments/{}/runs{}?workflowType=machine_learning"  # MLflow 3: the runs, not traces
 
 
 class StoreError(RuntimeError):
@@ -34,11 +33,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     elif "://" not in uri:
         uri = str(Path(uri).resolve())
     return uri
-
-
-def runs_view_url(experiment_id: str, run_id: str | None = None, server: str = "http://127.0.0.1:5000/") -> str:
-    """The experiment's runs view, or one run's page when `run_id` is given."""
-    return server + RUNS_VIEW.format(experiment_id, f"/{run_id}" if run_id else "")
 
 
 def sqlite_file(uri: str) -> Path | None:

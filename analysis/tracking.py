@@ -10,6 +10,7 @@ Ray.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+from analysis.mlflow_view import SAVED_VIEW_TAG, TRIALS_VIEW, TRIALS_VIEW_NAME, trials_view_state
 from analysis.mlflow_runs import LOST, PARENT, ROLE, STEP_METRIC, TRIAL_ID, load_mlflow_sweep, trial_runs
 from analysis.pareto import DEFAULT_OBJECTIVES, Objective, best_values, front_note, front_table, rank_table
 from analysis.store import ensure_store, existing_store, resolve_tracking_uri
@@ -284,3 +286,20 @@ def log_model_version(tracking_uri: str, name: str, model_folder: Path, run_id: 
             raise
     artifacts = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
     return str(client.create_model_version(name, artifacts, run_id=run_id, description=description).version)
+
+
+def save_trials_view(tracking_uri: str, experiment_id: str, searched: Sequence[str],
+                     objectives: Sequence[Objective]) -> None:
+    """Write (or rewrite, when the spec's space or objectives changed) the experiment's trials view
+    (`analysis.mlflow_view`)."""
+    client = MlflowClient(tracking_uri)
+    key = SAVED_VIEW_TAG + TRIALS_VIEW
+    state = json.dumps(trials_view_state(searched, objectives))
+    try:
+        if json.loads(client.get_experiment(experiment_id).tags[key])["state"] == state:
+            return
+    except (KeyError, TypeError, ValueError):   # no view yet, or not one this module wrote
+        pass
+    now = int(time.time() * 1000)
+    envelope = {"name": TRIALS_VIEW_NAME, "createdAt": now, "updatedAt": now, "state": state}
+    client.set_experiment_tag(experiment_id, key, json.dumps(envelope))

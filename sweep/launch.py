@@ -10,6 +10,7 @@ could not run (nothing a rerun would change; the line says which), 130 interrupt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -24,6 +25,7 @@ from trainable import layout as sweep_state
 from analysis.store import StoreError, resolve_tracking_uri
 from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
+from sweep.study import check_study, move_study_aside, shown, study_url as study_url_for
 from sweep.trial_progress import clear_saved, saved_trials
 from trainable.config import ConfigError
 from trainable.download import DataError
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", default="sweeps", help="folder that holds <name>/ (default ./sweeps)")
     parser.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: MLflow's own)")
     parser.add_argument("--address", default=None, help="join a running Ray cluster (ray start --head ...)")
+    parser.add_argument("--study-storage", default=None, metavar="URL",
+                        help="the Optuna study's database, e.g. postgresql://user:pass@host:5432/db "
+                             "(default: study.db in the sweep folder)")
     parser.add_argument("--fresh", action="store_true", help="start over; old results are moved aside")
     return parser
 
@@ -66,8 +71,8 @@ def rerun_command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "sweep.launch", *kept])
 
 
-def _move_aside(sweep_dir: Path) -> None:
-    """--fresh: the old sweep folder and MLflow experiment are renamed, never deleted."""
+def _move_aside(sweep_dir: Path, study_url: str) -> None:
+    """--fresh: the old sweep folder, MLflow experiment and study are renamed, never deleted."""
     from analysis.tracking import move_experiment_aside
     try:
         old = sweep_state.read_state(sweep_dir)
@@ -78,11 +83,16 @@ def _move_aside(sweep_dir: Path) -> None:
         print(f"--fresh: moved the old sweep to {sweep_state.move_aside(sweep_dir, new_name)}")
         if old and move_experiment_aside(old.tracking_uri, old.experiment_name, new_name):
             print(f"--fresh: renamed the old MLflow experiment to '{new_name}'")
+    new_name = sweep_state.aside_name(sweep_dir)
+    if move_study_aside(study_url, sweep_dir.name, new_name):
+        print(f"--fresh: renamed the old study in {shown(study_url)} to '{new_name}'")
 
 
-def _check_resume(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: str | None):
-    """A resume must match the saved spec (paths compared resolved) → the saved state. Reads only."""
-    if fresh:
+def _check_resume(spec: SweepSpec, sweep_dir: Path, args, study_url: str):
+    """A resume must match the saved spec (paths compared resolved), its MLflow store and study
+    database, and the study's own spec; the database must answer → the saved state. Reads only."""
+    if args.fresh:
+        check_study(study_url, spec, compare=False)
         return None
     old = sweep_state.read_state(sweep_dir)
     saved = sweep_state.read_spec(sweep_dir)
@@ -91,9 +101,19 @@ def _check_resume(spec: SweepSpec, sweep_dir: Path, fresh: bool, tracking_uri: s
         if changed:
             raise SpecError(f"{changed} since this sweep started in {sweep_dir}; "
                             f"use the old spec to resume it, or --fresh to start over")
-    if old and tracking_uri and resolve_tracking_uri(tracking_uri) != old.tracking_uri:
+    if old and args.mlflow_uri and resolve_tracking_uri(args.mlflow_uri) != old.tracking_uri:
         raise SpecError(f"--mlflow-uri: this sweep logs to {old.tracking_uri}; resume it there or use --fresh")
+    if old and _study_record(args) != old.study_storage:
+        where = old.study_storage or f"{sweep_state.STUDY_DB} in the sweep folder (no --study-storage)"
+        raise SpecError(f"--study-storage: this sweep's study is in {where}; resume it there or use --fresh")
+    check_study(study_url, spec, compare=True)
     return old
+
+
+def _study_record(args) -> str:
+    """What the state file keeps of --study-storage: the URL without its password, "" by default
+    (the sweep folder's own study.db, which moves with the folder)."""
+    return shown(args.study_storage) if args.study_storage else ""
 
 
 def _auth_env_for_cluster() -> None:
@@ -222,10 +242,11 @@ def _show_packing(server) -> None:
 
 def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
     from mlflow.exceptions import MlflowException
-    from analysis.tracking import SweepTracker, start_sweep_run
+    from analysis.tracking import SweepTracker, save_trials_view, start_sweep_run
     uri = old.tracking_uri if old else resolve_tracking_uri(mlflow_uri)
     try:
         experiment_id, parent = start_sweep_run(uri, spec.name, old.parent_run_id if old else None)
+        save_trials_view(uri, experiment_id, list(spec.space), spec.objectives)
     except MlflowException as err:
         raise LaunchError(f"MLflow store {uri}: {err.message}") from None
     return SweepTracker(uri, experiment_id, parent), sweep_state.SweepState(False, uri, spec.name, parent)
@@ -235,7 +256,8 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     problem = folder_problem(sweep_dir)     # before Ray and MLflow: a bad --storage leaves nothing
     if problem:
         raise SpecError(f"--storage {args.storage}: {problem}")
-    old = _check_resume(spec, sweep_dir, args.fresh, args.mlflow_uri)
+    study_url = study_url_for(args.study_storage, sweep_dir)
+    old = _check_resume(spec, sweep_dir, args, study_url)
     if old and old.finished:
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
               f"MLflow: mlflow ui --backend-store-uri {old.tracking_uri}")
@@ -244,11 +266,11 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     images = prepare_data(spec.config.data)   # before anything is made: a DataError leaves nothing
     check_realism_reference(spec, images)
     if args.fresh:
-        _move_aside(sweep_dir)
+        _move_aside(sweep_dir, study_url)
     _quiet_environment(local=args.address is None)
     from sweep.progress import SweepDisplay
-    from sweep.ray_adapter import OutcomeCallback, ProgressCallback, TrackingCallback, build_searcher, build_tuner
-    build_searcher(spec)  # sampler problems (cmaes without its package) before Ray starts
+    from sweep.ray_adapter import OutcomeCallback, ProgressCallback, TrackingCallback, build_sampler, build_tuner
+    build_sampler(spec)  # sampler problems (cmaes without its package) before Ray starts
     cluster = _start_ray(args.address)
     print(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.num_samples} trials, {min(spec.max_concurrent, spec.num_samples)} at a time", flush=True)
@@ -263,11 +285,12 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     del images
     tracker, record = _open_tracking(spec, old, args.mlflow_uri)
     sweep_state.write_spec(sweep_dir, resolved(spec))
+    record = dataclasses.replace(record, study_storage=_study_record(args))
     sweep_state.write_state(sweep_dir, record)
     display = SweepDisplay(spec, start=pace)
     ended = OutcomeCallback(spec)
     callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display), ended]
-    tuner, restored = build_tuner(spec, sweep_dir, cluster, callbacks)
+    tuner, restored = build_tuner(spec, sweep_dir, cluster, callbacks, study_url)
     if restored:
         print(f"resuming {spec.name} from {sweep_dir}")
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
@@ -309,10 +332,11 @@ def _finish(spec, sweep_dir: Path, rows: list[dict], record, tracker, stopped: s
     line, code = outcome([r["status"] for r in rows], spec.num_samples, stopped, rerun)
     finished = code == EXIT_FINISHED
     tracker.end_sweep(finished, spec.objectives)
-    sweep_state.write_state(sweep_dir, sweep_state.SweepState(finished, record.tracking_uri,
-                                                              record.experiment_name, record.parent_run_id))
+    sweep_state.write_state(sweep_dir, dataclasses.replace(record, finished=finished))
+    # A database URL is shown with its password hidden (***): the user has it, the logs need not.
+    study = shlex.quote(record.study_storage) if record.study_storage else str(sweep_dir)
     show_summary(rows, spec, str(sweep_dir), record.tracking_uri, line, tracker.experiment_id,
-                 tracker.parent_run_id)
+                 tracker.parent_run_id, study)
     return code
 
 

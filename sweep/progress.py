@@ -250,7 +250,9 @@ class SweepDisplay:
 
 
 def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking_uri: str, outcome: str,
-                 experiment_id: str | None = None, parent_run_id: str | None = None) -> None:
+                 experiment_id: str | None = None, parent_run_id: str | None = None,
+                 study: str | None = None) -> None:
+    """`study`: what `python -m sweep.dashboard` takes for this sweep (its folder or database URL)."""
     front = pareto_front(rows, spec.objectives)
     label = "best trials (Pareto front)" if len(spec.objectives) > 1 else "best trial"
     if front:
@@ -260,7 +262,11 @@ def show_summary(rows: Sequence[dict], spec: SweepSpec, sweep_dir: str, tracking
                  f"MLflow:   experiment '{spec.name}' — see it with: mlflow ui --backend-store-uri {tracking_uri}"):
         console.print(Text(line), soft_wrap=True)     # a command or path wrapped by rich cannot be pasted
     if experiment_id is not None:
-        from analysis.store import runs_view_url
-        console.print(Text(f"          then open {runs_view_url(experiment_id)}"))
+        from analysis.mlflow_view import TRIALS_VIEW_NAME, run_page_url, trials_view_url
+        console.print(Text(f"          then open {trials_view_url(experiment_id)}"), soft_wrap=True)
+        console.print(Text(f"          (or, on the experiment page: Views, top right → {TRIALS_VIEW_NAME})"))
         if parent_run_id is not None:
-            console.print(Text(f"          best values: {runs_view_url(experiment_id, parent_run_id)}"))
+            console.print(Text(f"          best values: {run_page_url(experiment_id, parent_run_id)}"), soft_wrap=True)
+    if study is not None:
+        console.print(Text(f"Optuna:   study '{spec.name}' — see it with: python -m sweep.dashboard {study}"),
+                      soft_wrap=True)

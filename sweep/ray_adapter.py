@@ -21,14 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 import ray
 from PIL import Image
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
+from ray.tune.utils.util import unflatten_dict
 
 from sweep.pack_server import server_name
 from sweep.spec import SpecError, SweepSpec
+from sweep.study import open_study, shown
 from sweep.trial_progress import TrialProgress, read_progress
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import apply_overrides, flatten, from_dict, to_dict
@@ -48,7 +51,7 @@ def _optuna_distribution(dist):
     return optuna.distributions.FloatDistribution(dist.low, dist.high, log=dist.log)
 
 
-def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     samplers = optuna.samplers
     if spec.sampler == "grid":
         grid = {key: list(d.values) for key, d in spec.space.items()}
@@ -59,27 +62,133 @@ def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         except ImportError:
             raise SpecError("sampler.type: cmaes needs the 'cmaes' package (pip install cmaes)") from None
         return samplers.CmaEsSampler(seed=spec.seed)
-    kinds = {"tpe": samplers.TPESampler, "nsga2": samplers.NSGAIISampler, "random": samplers.RandomSampler}
+    if spec.sampler == "tpe":
+        # Up to max_concurrent trials are asked before any is told: the constant liar counts the
+        # running ones as bad so that parallel asks spread out (one or several objectives alike).
+        return samplers.TPESampler(seed=spec.seed, constant_liar=True, multivariate=True)
+    kinds = {"nsga2": samplers.NSGAIISampler, "random": samplers.RandomSampler}
     return kinds[spec.sampler](seed=spec.seed)
 
 
-def build_searcher(spec: SweepSpec) -> OptunaSearch:
-    """Optuna through Tune; several objectives make a multi-objective study."""
-    space = {key: _optuna_distribution(d) for key, d in spec.space.items()}
-    metrics = [o.metric for o in spec.objectives]
-    modes = [o.mode for o in spec.objectives]
-    single = len(metrics) == 1
-    return OptunaSearch(space=space, metric=metrics[0] if single else metrics,
-                        mode=modes[0] if single else modes, sampler=_sampler(spec))
+class EarlyStopRecorder(ASHAScheduler):
+    """ASHA that remembers which trials it stopped, so the study is told PRUNED for those only (a
+    trial Tune stops at Ctrl+C or the budget is resumed later, not ended)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP:
+            self.stopped.add(trial.trial_id)
+        return decision
 
 
-def build_scheduler(spec: SweepSpec) -> ASHAScheduler | None:
+def build_scheduler(spec: SweepSpec) -> EarlyStopRecorder | None:
     """ASHA on the first objective, counted in reports (training_iteration)."""
     if spec.scheduler == "none":
         return None
     first = spec.objectives[0]
-    return ASHAScheduler(metric=first.metric, mode=first.mode, time_attr="training_iteration",
-                         max_t=spec.num_reports(), grace_period=min(spec.grace_period, spec.num_reports()))
+    return EarlyStopRecorder(metric=first.metric, mode=first.mode, time_attr="training_iteration",
+                             max_t=spec.num_reports(), grace_period=min(spec.grace_period, spec.num_reports()))
+
+
+def finished_all_epochs(result: dict, config: dict, spec: SweepSpec) -> bool:
+    """Whether a trial's last result is its last epoch (else something stopped it early)."""
+    return int(result.get("epoch", 0)) >= int(config.get("train.epochs", spec.config.train.epochs))
+
+
+class StudySearcher(Searcher):
+    """Optuna's ask and tell, driven from Tune, on the study in colorsweep's storage (sweep/study.py).
+    Ray's OptunaSearch is not used: it tells a trial ASHA stopped COMPLETE with its truncated value,
+    reports no intermediate value of a multi-objective study, and pickles its study's trials with
+    Tune's state, so after a SIGKILL the trials asked since the last save stay RUNNING in the
+    database (docs/study.md).
+
+    Here the database is the record: a Tune trial id maps to an Optuna trial (also written as the
+    trial's `tune_trial_id` attribute); a trial ends COMPLETE when it ran every epoch, PRUNED when
+    ASHA stopped it, FAIL when it failed; one Tune stopped at Ctrl+C or the budget stays RUNNING and
+    is resumed. Trials RUNNING in the study that Tune's restored state does not know (asked after
+    its last save) are handed out again to the next trials Tune asks for, with the same params."""
+
+    def __init__(self, spec: SweepSpec, url: str, scheduler: EarlyStopRecorder | None):
+        first = spec.objectives[0]
+        super().__init__(metric=first.metric, mode=first.mode)
+        self.spec, self.url, self.scheduler = spec, url, scheduler
+        self.space = {key: _optuna_distribution(d) for key, d in spec.space.items()}
+        self.trials: dict[str, int] = {}       # Tune trial id -> Optuna's storage trial id
+        self._study: optuna.Study | None = None
+        self._orphans: list[int] | None = None
+
+    def __getstate__(self) -> dict:
+        """Tune pickles the searcher into the sweep folder (tuner.pkl): without the study (it holds a
+        database engine) and without the URL's password; `build_tuner` gives a restored one its URL."""
+        return {**self.__dict__, "url": shown(self.url), "_study": None, "_orphans": None}
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = open_study(self.url, self.spec, build_sampler(self.spec))
+            known = set(self.trials.values())
+            self._orphans = [t._trial_id for t in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                             if t._trial_id not in known]
+        return self._study
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict | None:
+        study = self.study
+        if trial_id not in self.trials:
+            trial = optuna.trial.Trial(study, self._orphans.pop(0)) if self._orphans else \
+                study.ask(fixed_distributions=self.space)
+            trial.set_user_attr("tune_trial_id", trial_id)
+            self.trials[trial_id] = trial._trial_id
+        params = self.study._storage.get_trial(self.trials[trial_id]).params
+        return unflatten_dict(params)
+
+    def _open(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        """The Optuna trial while it is still RUNNING (a rerun after a kill may end one twice)."""
+        if trial_id not in self.trials:
+            return None
+        frozen = self.study._storage.get_trial(self.trials[trial_id])
+        return None if frozen.state.is_finished() else frozen
+
+    def _report(self, frozen: optuna.trial.FrozenTrial, result: dict | None) -> None:
+        """The first objective's value per report (what ASHA compares), also in a multi-objective
+        study, where Trial.report refuses: the dashboard draws it as the learning curve."""
+        if result and self.metric in result:
+            self.study._storage.set_trial_intermediate_value(
+                frozen._trial_id, int(result["training_iteration"]), float(result[self.metric]))
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        frozen = self._open(trial_id)
+        if frozen is not None:
+            self._report(frozen, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        frozen = self._open(trial_id)
+        if frozen is None:
+            return
+        self._report(frozen, result)   # Tune passes a trial's last report here, not to on_trial_result
+        if error:
+            self.study.tell(frozen.number, state=TrialState.FAIL)
+            return
+        values = [result.get(o.metric) for o in self.spec.objectives] if result else [None]
+        if None in values:
+            return                      # stopped before its first report: resumed later
+        if finished_all_epochs(result, frozen.params, self.spec):
+            self.study.tell(frozen.number, values)
+        elif self.scheduler is not None and trial_id in self.scheduler.stopped:
+            self.study.tell(frozen.number, state=TrialState.PRUNED)
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(self.trials))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.trials = json.loads(Path(checkpoint_path).read_text())
+        self._study = None
 
 
 def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, float]:
@@ -183,17 +292,21 @@ def trainable_for(spec: SweepSpec, cluster: dict[str, float], sweep_dir: Path):
     return tune.with_resources(trial, resources)
 
 
-def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list) -> tuple[tune.Tuner, bool]:
+def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list,
+                study_url: str) -> tuple[tune.Tuner, bool]:
     """(the sweep's Tuner, whether it was restored): restored from `sweep_dir` when Tune saved one
-    there, else new. A restored Tuner gets this run's callbacks, not the ones pickled at the start."""
+    there, else new. A restored Tuner gets this run's callbacks, not the ones pickled at the start;
+    its searcher goes on with the study at `study_url` (the resume check made sure it is the same)."""
     trainable = trainable_for(spec, cluster, sweep_dir)
     if tune.Tuner.can_restore(str(sweep_dir)):
         tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
         # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
         # client); this run's replace them. No public setter: ray-project/ray#41364.
         tuner._local_tuner.get_run_config().callbacks = callbacks
+        tuner._local_tuner._tune_config.search_alg.url = study_url     # pickled without its password
         return tuner, True
-    tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
+    scheduler = build_scheduler(spec)
+    tune_config = tune.TuneConfig(search_alg=StudySearcher(spec, study_url, scheduler), scheduler=scheduler,
                                   num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
     run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -220,8 +333,9 @@ class TrackingCallback(tune.Callback):
                 print(f"MLflow: archived {lost} run(s) of trials lost before the last state save")
 
     def _run(self, trial) -> None:
+        from analysis.mlflow_view import trial_run_name   # driver only: trial workers never import MLflow
         params = flatten(to_dict(self.spec.trial_config(trial.config)))
-        self.tracker.trial_run(trial.trial_id, str(trial), params)
+        self.tracker.trial_run(trial.trial_id, trial_run_name(trial.trial_id, trial.config), params)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
@@ -327,7 +441,8 @@ class ProgressCallback(tune.Callback):
         row = trial_row(trial.trial_id, "TERMINATED", trial.last_result, trial.config, self.spec)
         values = ", ".join(f"{o.metric} {row['metrics'][o.metric]:.4g}" for o in self.spec.objectives
                            if o.metric in row["metrics"])
-        how = "finished" if row["epoch"] >= row["epochs"] else f"stopped early (ASHA) after epoch {row['epoch']}"
+        how = "finished" if finished_all_epochs(trial.last_result, trial.config, self.spec) \
+            else f"stopped early (ASHA) after epoch {row['epoch']}"
         self.display.event(f"trial {trial.trial_id} {how}: {values}")
         self._update(trials, (trial.trial_id, "TERMINATED"))     # the table agrees with the line at once
 

@@ -3,6 +3,13 @@ rule: tests marked `gpu` run only when the -m expression names gpu (`pytest -m g
 `pytest -m "not slow"` skips them as plain `pytest` does."""
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,3 +37,46 @@ def smoke_sweep_dir(tmp_path_factory) -> Path:
     """`sweeps/smoke` of one real smoke launch per test session, shared by the analysis, final and
     Colab tests; `.parents[1]` holds `sweeps/` and `mlflow.db`."""
     return make_smoke_sweep(tmp_path_factory.getbasetemp() / "analysis_smoke")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server on 127.0.0.1 (a free port, a temp folder, a password for TCP
+    logins) for the session → its URL without the database, as a provider writes it. As root the
+    server runs as the `postgres` user: PostgreSQL refuses to run as root."""
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not on PATH (apt-get install postgresql)")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="colorsweep-pg-"))
+    password, port = secrets.token_hex(8), _free_port()
+    (folder / "password").write_text(password)
+    if as_postgres:
+        shutil.chown(folder, "postgres")
+        shutil.chown(folder / "password", "postgres")
+    def run(*command: str) -> None:
+        subprocess.run([*as_postgres, *command], check=True, capture_output=True, timeout=120)
+    run("initdb", "-D", str(folder / "data"), "-U", "postgres", "--auth-local=trust",
+        "--auth-host=scram-sha-256", f"--pwfile={folder / 'password'}")
+    run("pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w", "start",
+        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+    try:
+        yield f"postgresql://postgres:{password}@127.0.0.1:{port}"
+    finally:
+        run("pg_ctl", "-D", str(folder / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A new, empty database on the session's server → its URL (postgresql://user:pass@host:port/db)."""
+    import psycopg
+    name = "t_" + secrets.token_hex(6)
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{postgres_server}/{name}"

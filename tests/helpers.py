@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +45,11 @@ def wait_until(happened: Callable[[], bool], process: subprocess.Popen | None = 
             return happened()
         time.sleep(poll_s)
     return True
+
+
+def chromium() -> str | None:
+    """The headless browser of the page tests (.ci/run installs it with apt); None when missing."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def launch_command(tmp_path: Path, *extra: str) -> list[str]:
@@ -123,11 +129,25 @@ def epoch_steps(tmp_path: Path, run_id: str, metric: str = "val_control_error") 
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
 
 
-def assert_complete(tmp_path: Path, epochs: int) -> None:
-    """Every trial TERMINATED; exactly num_samples MLflow trial runs, one value per step."""
+def study_trials(url: str, name: str = "smoke") -> list:
+    import optuna
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def assert_study_agrees(url: str, statuses: dict[str, str]) -> None:
+    """The Optuna study holds one finished trial per Tune trial (same ids, none RUNNING, none twice)."""
+    trials = study_trials(url)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in trials) == sorted(statuses), trials
+    assert all(t.state.is_finished() and t.state.name != "FAIL" for t in trials), [t.state.name for t in trials]
+
+
+def assert_complete(tmp_path: Path, epochs: int, study_url: str | None = None) -> None:
+    """Every trial TERMINATED and finished in the study (the sweep folder's study.db unless
+    `study_url`); exactly num_samples MLflow trial runs, one value per step."""
     sweep_dir = tmp_path / "sweeps" / "smoke"
     statuses = trial_statuses(sweep_dir)
     assert len(statuses) == 4 and set(statuses.values()) == {"TERMINATED"}, statuses
+    assert_study_agrees(study_url or f"sqlite:///{sweep_dir / 'study.db'}", statuses)
     runs = trial_runs(tmp_path)
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(statuses)
     for run in runs:
@@ -228,7 +248,8 @@ def make_smoke_sweep(base: Path) -> Path:
     return sweep
 
 
-def sigkill_then_resume(tmp_path: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
+def sigkill_then_resume(tmp_path: Path, epochs: int, *extra: str,
+                        study_url: str | None = None) -> subprocess.CompletedProcess:
     """SIGKILL the launcher's whole process group once Tune has recorded a trial's first checkpoint,
     run the same command (trials of `epochs` epochs) again, and check that it completes and that
     trials continued from their checkpoints."""
@@ -245,7 +266,7 @@ def sigkill_then_resume(tmp_path: Path, epochs: int, *extra: str) -> subprocess.
     done = run_launch(tmp_path, *extra)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resuming smoke" in done.stdout
-    assert_complete(tmp_path, epochs=epochs)
+    assert_complete(tmp_path, epochs=epochs, study_url=study_url)
     resumed = [d for d in trial_dirs(sweep_dir) if before.get(d.name)]
     assert resumed
     for trial_dir in resumed:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from PIL import Image
 from analysis import rank, report
 from analysis.load import load_sweep
 from analysis.mlflow_runs import load_mlflow_sweep
+from tests.helpers import chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OBJECTIVES = ["val_control_error", "val_realism_abhist"]
@@ -65,10 +65,6 @@ def test_unwritable_outputs_are_one_line(sweep_dir, tmp_path, capsys):
     assert report.main([str(sweep_dir), "-o", str(blocker / "report.html"), "--no-mlflow"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(str(blocker) in line for line in err), err
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def screenshot(html: Path, png: Path, profile: Path) -> None:

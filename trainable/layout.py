@@ -5,7 +5,8 @@ A training folder (`trainable.train`, a sweep's `final/`): `checkpoint/latest.pt
 `generator.pt`, `report.json`. A sweep folder: Tune's files plus `colorsweep_spec.yaml` (the
 resolved spec, checked on every resume), `colorsweep_state.json` (finished flag, where MLflow
 writes), `.progress/` (each running trial's place in its epoch, `sweep.trial_progress`),
-`interrupted/<trial_id>/` (a trial's state saved mid-epoch as its launcher stopped) and `final/`
+`interrupted/<trial_id>/` (a trial's state saved mid-epoch as its launcher stopped),
+`study.db` (the Optuna study, unless `--study-storage` names a database) and `final/`
 (`final.json`, `test_metrics.json`, `samples.png`, `generator.pt`).
 Only json and yaml here (no torch, Ray or MLflow): spec checks, the analysis and the cores read it.
 """
@@ -32,6 +33,7 @@ REPORT = "report.json"
 SPEC_FILE = "colorsweep_spec.yaml"
 STATE_FILE = "colorsweep_state.json"
 PROGRESS_DIR = ".progress"
+STUDY_DB = "study.db"
 FINAL_DIR = "final"
 FINAL_RECORD = "final.json"
 TEST_METRICS = "test_metrics.json"
@@ -45,6 +47,7 @@ class SweepState:
     tracking_uri: str
     experiment_name: str
     parent_run_id: str
+    study_storage: str = ""          # --study-storage without its password; "" for the sweep's own study.db
 
 
 def read_state(sweep_dir: Path) -> SweepState | None:
