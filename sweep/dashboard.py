@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sweep.study import StudyError, check_connection, database_url, shown, study_url
 from trainable import layout
-from trainable.config_io import ConfigError
+from trainable.config import ConfigError
 
 HOST = "127.0.0.1"
 

@@ -27,7 +27,7 @@ from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
 from sweep.study import check_study, move_study_aside, shown, study_url as study_url_for
 from sweep.trial_progress import clear_saved, saved_trials
-from trainable.config_io import ConfigError
+from trainable.config import ConfigError
 from trainable.download import DataError
 from trainable.files import folder_problem, write_text_atomic
 

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 from trainable.files import write_text_atomic
-from trainable.layout import STOP_FILE
+from trainable.layout import PROGRESS_DIR, STOP_FILE
 
-PROGRESS_DIR = ".progress"
 SAVED_SUFFIX = ".saved"
 WRITE_EVERY_S = 1.0
 STOP_LOOK_S = 0.5

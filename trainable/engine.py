@@ -1,7 +1,8 @@
 """The trainer: both nets, their optimizers and schedule, the data on the device, the RNG.
 
-One `train_step` is a discriminator update then a generator update (pix2pix order). Losses are
-summed on the device and read back once per epoch, so the step itself never waits for the host.
+One `train_step` is a discriminator update then a generator update (pix2pix order), the body in
+`trainable.gan_step` that the packed step shares; the trainer says how its nets are called and
+updated. Losses are summed on the device and read back once per epoch, so the step itself never waits for the host.
 An epoch is `trainable.loop.train_epoch`; a `Trainer` changes no process-wide state (that is
 `setup_process`, called once by each entry point).
 """
@@ -12,12 +13,11 @@ import threading
 import numpy as np
 import torch
 
-from trainable.adjust import batch_targets, real_targets, training_views
 from trainable.color import lab_normalized_to_rgb, lab_normalized_to_uint8
-from trainable.condition import Conditioning, condition_vector, conditioned_metrics, faithful_condition
+from trainable.condition import Conditioning, conditioned_metrics, faithful_condition
 from trainable.config import Config, flatten, from_dict, to_dict
 from trainable.data import ColorData, load_data
-from trainable.losses import discriminator_loss, generator_loss
+from trainable.gan_step import gan_step
 from trainable.metrics import MetricAccumulator
 from trainable.models import build_models
 from trainable.realism import RealismProbe
@@ -32,11 +32,6 @@ RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.threads", "train.eva
 # Building the nets draws from torch's global CPU generator; Trainers built at once in several
 # threads (the pack server) take turns, so each gets the weights of its own seed.
 _INIT_LOCK = threading.Lock()
-
-
-def full_precision(x: torch.Tensor) -> torch.Tensor:
-    """Autocast's half tensors back to fp32 for losses and color math; fp32/fp64 pass through."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,42 +121,38 @@ class Trainer:
             group["lr"] = self.cfg.optim.lr_discriminator * factor
 
     def train_step(self, batch: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One D update then one G update on a normalized-Lab batch; returns detached losses.
-        A conditioned trainer draws its per-image targets from `noise` (B, noise_width) uniforms."""
+        """One D update then one G update on a normalized-Lab batch (`trainable.gan_step`); returns
+        detached losses. A conditioned trainer draws its per-image targets from `noise` (B, noise_width)."""
         batch = batch.contiguous(memory_format=self.memory_format)   # no copy for load_data's batches
-        gray, real_ab = batch[:, :1], batch[:, 1:]
-        condition = real_condition = targets = own = None
-        if self.conditioning is not None:    # D sees fakes with the asked statistics, reals with theirs
-            targets, own = self.conditioning.draw(batch, noise)
-            condition = condition_vector(targets)
-            real_condition = condition_vector(real_targets(self.cfg, targets, own))
-        # issue 12: adjusted images in the batch, as the L1 target and/or as D's reals (then with the asked c)
-        batch, l1_ab, real_ab = training_views(batch, self.cfg, batch_targets(self.cfg.loss, targets, own))
-        with self._autocast():
-            fake_ab = self.generator(gray, condition)
-            real_logits = self.discriminator(torch.cat([gray, real_ab], 1), real_condition)
-            fake_logits = self.discriminator(torch.cat([gray, fake_ab.detach()], 1), condition)
-        d_losses = discriminator_loss(full_precision(real_logits), full_precision(fake_logits),
-                                      self.cfg.loss.real_label)
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(d_losses["loss_d"]).backward()
-        self.scaler.step(self.opt_d)
+        losses, = gan_step(self, [self], batch, noise)
+        return {k: v.detach() for k, v in losses.items()}
 
+    # The networks as `gan_step` calls them (its `Nets`): the trainer's own modules under autocast.
+    def generate(self, gray: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        with self._autocast():
+            return self.generator(gray, condition)
+
+    def discriminate(self, real: torch.Tensor, real_condition: torch.Tensor | None,
+                     fake: torch.Tensor, fake_condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():       # one autocast: D's weights are cast once for both calls
+            return self.discriminator(real, real_condition), self.discriminator(fake, fake_condition)
+
+    def judge(self, fake: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         self.discriminator.requires_grad_(False)      # G's update needs no D parameter grads
         with self._autocast():
-            fake_logits = self.discriminator(torch.cat([gray, fake_ab], 1), condition)
-        fake_ab = full_precision(fake_ab)
-        needs_rgb = self.cfg.loss.controlled() or targets is not None
-        fake_rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 1)) if needs_rgb else None
-        conditioned = None if targets is None else self.conditioning.generator_terms(
-            fake_rgb, fake_ab, l1_ab, targets, l1_everywhere=self.cfg.loss.l1_target == "adjusted")
-        g_losses = generator_loss(full_precision(fake_logits), fake_ab, l1_ab, fake_rgb, self.cfg.loss, conditioned)
+            return self.discriminator(fake, condition)
+
+    def update_discriminator(self, losses: list[torch.Tensor]) -> None:
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(losses[0]).backward()
+        self.scaler.step(self.opt_d)
+
+    def update_generator(self, losses: list[torch.Tensor]) -> None:
         self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(g_losses["loss_g"]).backward()
+        self.scaler.scale(losses[0]).backward()
         self.scaler.step(self.opt_g)
         self.scaler.update()
         self.discriminator.requires_grad_(True)
-        return {k: v.detach() for k, v in {**d_losses, **g_losses}.items()}
 
     def scheduled_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step outside an epoch: the schedule's lr for this step, `train_step`, the step counted."""

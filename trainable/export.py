@@ -14,7 +14,7 @@ import torch
 from trainable.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, safe_load
 from trainable.config import Config, ConfigError, from_dict, to_dict
 from trainable.engine import STATE_FORMAT
-from trainable.layout import GENERATOR, LATEST, PREVIOUS
+from trainable.layout import CHECKPOINT_DIR, GENERATOR, LATEST, PREVIOUS
 from trainable.models import Generator, build_generator
 
 EXPORT_FORMAT = "colorsweep-generator"
@@ -46,7 +46,7 @@ def export_generator(weights: dict[str, torch.Tensor], cfg: Config, epoch: int, 
 
 def _read_payload(path: Path) -> dict:
     if path.is_dir():
-        for folder in (path, path / "checkpoint"):
+        for folder in (path, path / CHECKPOINT_DIR):
             if (folder / LATEST).exists() or (folder / PREVIOUS).exists():
                 try:
                     return load_checkpoint(folder)

@@ -4,7 +4,8 @@ A training folder (`trainable.train`, a sweep's `final/`): `checkpoint/latest.pt
 `config.yaml`, `metrics.jsonl`. A trial checkpoint (one per Tune report): `latest.pt`, `samples.png`,
 `generator.pt`, `report.json`. A sweep folder: Tune's files plus `colorsweep_spec.yaml` (the
 resolved spec, checked on every resume), `colorsweep_state.json` (finished flag, where MLflow
-writes), `interrupted/<trial_id>/` (a trial's state saved mid-epoch as its launcher stopped),
+writes), `.progress/` (each running trial's place in its epoch, `sweep.trial_progress`),
+`interrupted/<trial_id>/` (a trial's state saved mid-epoch as its launcher stopped),
 `study.db` (the Optuna study, unless `--study-storage` names a database) and `final/`
 (`final.json`, `test_metrics.json`, `samples.png`, `generator.pt`).
 Only json and yaml here (no torch, Ray or MLflow): spec checks, the analysis and the cores read it.
@@ -31,6 +32,7 @@ GENERATOR = "generator.pt"
 REPORT = "report.json"
 SPEC_FILE = "colorsweep_spec.yaml"
 STATE_FILE = "colorsweep_state.json"
+PROGRESS_DIR = ".progress"
 STUDY_DB = "study.db"
 FINAL_DIR = "final"
 FINAL_RECORD = "final.json"

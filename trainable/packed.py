@@ -8,9 +8,10 @@ and flips, its own Adam state and its own BatchNorm statistics; only the kernels
 
 The stacked tensors are the truth while packed; `sync()` writes them back into the K `Trainer`
 objects, whose `state_dict()` is the ordinary checkpoint format, so a packed trial resumes on the
-plain path and back. Adam is written out here (the same arithmetic as torch's) because its learning
-rate, betas and step differ per trial; on CUDA the whole step can be captured in one graph
-(`trainable.graphs`). Epoch planning and bookkeeping are `trainable.steps.StepGroup`'s.
+plain path and back. The step's body is `trainable.gan_step`'s, with the pack as its nets. Adam
+is written out here (the same arithmetic as torch's) because its learning rate, betas and step
+differ per trial; on CUDA the whole step can be captured in one graph (`trainable.graphs`). Epoch
+planning and bookkeeping are `trainable.steps.StepGroup`'s.
 """
 from __future__ import annotations
 
@@ -20,12 +21,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from trainable.adjust import batch_targets, real_targets, training_views, uses_adjusted
-from trainable.color import lab_normalized_to_rgb
-from trainable.condition import condition_vector
 from trainable.config import Config, flatten, to_dict
-from trainable.engine import Trainer, full_precision
-from trainable.losses import discriminator_loss, generator_loss
+from trainable.engine import Trainer
+from trainable.gan_step import gan_step
 from trainable.names import SHARED_KEYS
 from trainable.steps import StepGroup
 
@@ -143,6 +141,7 @@ class PackedTrainer(StepGroup):
         self.opt_d = StackedAdam(self.d_params, betas, [optimizer_states(t.opt_d) for t in trainers])
         self.base_lr_g = torch.tensor([t.cfg.optim.lr_generator for t in trainers], device=self.device)
         self.base_lr_d = torch.tensor([t.cfg.optim.lr_discriminator for t in trainers], device=self.device)
+        self.lr_factor: torch.Tensor | None = None      # (K,), set by each step for its updates
 
     def _lowered(self, params: dict[str, torch.Tensor], norms: set[str]) -> dict[str, torch.Tensor]:
         """The weights as the forward pass uses them: half precision except BatchNorm's."""
@@ -160,63 +159,29 @@ class PackedTrainer(StepGroup):
     def generate(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         return self._call(self.g_base, self._lowered(self.g_params, self.g_norms), self.g_buffers, gray, condition)
 
-    def _d(self, pairs: torch.Tensor, params: dict[str, torch.Tensor] | None = None,
-           condition: torch.Tensor | None = None) -> torch.Tensor:
-        params = params if params is not None else self._lowered(self.d_params, self.d_norms)
-        return self._call(self.d_base, params, self.d_buffers, pairs, condition)
+    def discriminate(self, real: torch.Tensor, real_condition: torch.Tensor | None,
+                     fake: torch.Tensor, fake_condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self._lowered(self.d_params, self.d_norms)        # cast once for both calls
+        return (self._call(self.d_base, weights, self.d_buffers, real, real_condition),
+                self._call(self.d_base, weights, self.d_buffers, fake, fake_condition))
 
-    def _targets(self, batch: torch.Tensor, noise: torch.Tensor | None) -> tuple[list, torch.Tensor | None, torch.Tensor | None]:
-        """Each trial's drawn (targets, own statistics) and the stacked (K, B, C) conditions of fakes
-        and reals (reals with the asked c where D is shown them adjusted to it: loss.control_on)."""
-        if noise is None:
-            return [(None, None)] * len(self.trainers), None, None
-        drawn = [t.conditioning.draw(batch[k], noise[k]) for k, t in enumerate(self.trainers)]
-        reals = [real_targets(t.cfg, targets, own) for (targets, own), t in zip(drawn, self.trainers)]
-        return (drawn, torch.stack([condition_vector(t) for t, _ in drawn]),
-                torch.stack([condition_vector(real) for real in reals]))
+    def judge(self, fake: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        # only G's parameters are differentiated in update_generator
+        return self._call(self.d_base, self._lowered(self.d_params, self.d_norms), self.d_buffers, fake, condition)
 
-    def _views(self, batch: torch.Tensor, drawn: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the ab each trial's L1 pulls toward, the ab its D sees as real), (K, B, 2, H, W): the
-        batch's own, or adjusted to the trial's targets (issue 12, trainable.adjust.training_views)."""
-        if not any(uses_adjusted(t.cfg) for t in self.trainers):
-            return batch[:, :, 1:], batch[:, :, 1:]
-        views = [training_views(batch[k], t.cfg, batch_targets(t.cfg.loss, *drawn[k]))
-                 for k, t in enumerate(self.trainers)]
-        return torch.stack([view[1] for view in views]), torch.stack([view[2] for view in views])
+    def update_discriminator(self, losses: list[torch.Tensor]) -> None:
+        grads = torch.autograd.grad(torch.stack(losses).sum(), list(self.d_params.values()))
+        self.opt_d.update(dict(zip(self.d_params, grads)), self.base_lr_d * self.lr_factor)
+
+    def update_generator(self, losses: list[torch.Tensor]) -> None:
+        grads = torch.autograd.grad(torch.stack(losses).sum(), list(self.g_params.values()))
+        self.opt_g.update(dict(zip(self.g_params, grads)), self.base_lr_g * self.lr_factor)
 
     def step(self, batch: torch.Tensor, lr_factor: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One D then G update of every trial; batch is (K, B, 3, H, W), noise (K, B, W) or None.
-        Returns (K,) losses."""
-        gray = batch[:, :, :1]
-        drawn, condition, real_condition = self._targets(batch, noise)
-        targets = [t for t, _ in drawn]
-        l1_ab, real_ab = self._views(batch, drawn)
-        fake_ab = self.generate(gray, condition)
-        d_weights = self._lowered(self.d_params, self.d_norms)        # cast once for both calls
-        real_logits = self._d(torch.cat([gray, real_ab], 2), d_weights, real_condition)
-        fake_logits = self._d(torch.cat([gray, fake_ab.detach()], 2), d_weights, condition)
-        d_losses = [discriminator_loss(full_precision(real_logits[k]), full_precision(fake_logits[k]),
-                                       t.cfg.loss.real_label)
-                    for k, t in enumerate(self.trainers)]
-        loss_d = torch.stack([d["loss_d"] for d in d_losses])
-        d_grads = torch.autograd.grad(loss_d.sum(), list(self.d_params.values()))
-        self.opt_d.update(dict(zip(self.d_params, d_grads)), self.base_lr_d * lr_factor)
-
-        fake_ab = full_precision(fake_ab)
-        fake_logits = self._d(torch.cat([gray, fake_ab], 2), condition=condition)
-        fake_rgb = [None] * len(self.trainers)              # only control terms need RGB
-        if condition is not None or any(t.cfg.loss.controlled() for t in self.trainers):
-            rgb = lab_normalized_to_rgb(torch.cat([gray, fake_ab], 2).flatten(0, 1))
-            fake_rgb = rgb.view(fake_ab.shape[0], -1, *rgb.shape[1:])
-        conditioned = [None if targets[k] is None else t.conditioning.generator_terms(
-            fake_rgb[k], fake_ab[k], l1_ab[k], targets[k], l1_everywhere=t.cfg.loss.l1_target == "adjusted")
-            for k, t in enumerate(self.trainers)]
-        g_losses = [generator_loss(full_precision(fake_logits[k]), fake_ab[k], l1_ab[k], fake_rgb[k],
-                                   t.cfg.loss, conditioned[k]) for k, t in enumerate(self.trainers)]
-        loss_g = torch.stack([g["loss_g"] for g in g_losses])
-        g_grads = torch.autograd.grad(loss_g.sum(), list(self.g_params.values()))
-        self.opt_g.update(dict(zip(self.g_params, g_grads)), self.base_lr_g * lr_factor)
-        merged = [{**d, **g} for d, g in zip(d_losses, g_losses)]
+        """One D then G update of every trial (`trainable.gan_step`, this pack as its nets); batch is
+        (K, B, 3, H, W), noise (K, B, W) or None. Returns (K,) losses."""
+        self.lr_factor = lr_factor
+        merged = gan_step(self, self.trainers, batch, noise)
         keys = dict.fromkeys(key for m in merged for key in m)      # control_<p> differ per trial
         missing = torch.full((), float("nan"), device=self.device)
         return {key: torch.stack([m[key] if key in m else missing for m in merged]).detach() for key in keys}
