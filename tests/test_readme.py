@@ -49,8 +49,6 @@ COVERED_ELSEWHERE = {
 RUN_HERE = {
     "python -m analysis.rank sweeps/saturation --top 5 --csv ranking.csv",
 }
-# Files that branches not yet merged add (realism): drop each name once the file is in the tree.
-PENDING = {"docs/realism.md"}
 
 
 def bash_commands(path: Path) -> list[list[str]]:
@@ -139,8 +137,6 @@ def test_every_link_into_the_repository_leads_somewhere():
             file, _, anchor = target.partition("#")
             linked = (path.parent / file).resolve() if file else path
             name = linked.relative_to(ROOT).as_posix() if linked.is_relative_to(ROOT) else str(linked)
-            if name in PENDING and not linked.exists():
-                continue
             assert linked.exists(), f"{path.name}: link to {target}: no such file"
             if anchor:
                 assert anchor in heading_anchors(linked), f"{path.name}: link to {target}: no such heading"
