@@ -133,10 +133,10 @@ def test_without_a_gpu_the_estimate_is_measured_and_names_a_cpu_sized_sweep():
     from sweep.spec import load_spec
     spec = load_spec(ROOT / "search_spaces" / "smoke.yaml", ["num_samples=1000", "train.epochs=300"])
     images = prepare_data(spec.config.data)
-    line = cpu_estimate(spec, images, 2.0)
+    line, _ = cpu_estimate(spec, images, 2.0)
     assert line.startswith("training this sweep takes ") and "\n" not in line
     assert "1000 trials x 300 epochs" in line and "measured now" in line
-    suggested = int(re.search(r"--set num_samples=(\d+)$", line).group(1))
+    suggested = int(re.search(r"--set num_samples=(\d+) --set data.train_limit=\d+$", line).group(1))
     assert 2 <= suggested < 1000
-    small = cpu_estimate(load_spec(ROOT / "search_spaces" / "smoke.yaml"), images, 2.0)
+    small, _ = cpu_estimate(load_spec(ROOT / "search_spaces" / "smoke.yaml"), images, 2.0)
     assert small.endswith("it is CPU-sized already")

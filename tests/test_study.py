@@ -91,8 +91,9 @@ def test_sweep_on_postgres_tells_asha_stopped_trials_pruned(tmp_path, postgres_u
     """Six smoke trials of three epochs with ASHA after one: the study in PostgreSQL holds six
     trials, the finished ones COMPLETE with a value per report and the ones ASHA stopped PRUNED
     (the same ones the analysis calls EARLY_STOPPED), with their reports. Then --fresh moves that
-    study aside, whole, and a new one is made."""
-    done = run_launch(tmp_path, "--study-storage", postgres_url, "--set", "num_samples=6",
+    study aside, whole, and a new one is made. One trial at a time: which trials ASHA stops depends
+    on the order their first reports arrive in, which must not depend on the machine's speed."""
+    done = run_launch(tmp_path, "--study-storage", postgres_url, "--set", "num_samples=6", "--set", "max_concurrent=1",
                       "--set", "train.epochs=3", "--set", "scheduler.type=asha", "--set", "scheduler.grace_period=1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "python -m sweep.dashboard" in done.stdout
