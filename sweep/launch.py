@@ -176,10 +176,11 @@ def _start_ray(address: str | None) -> dict[str, float]:
 class Stop:
     """Why Tune's run was stopped, if it was: Ctrl+C or the time budget. Either one first lets the
     running trials save where they are in their epoch (STOP_FILE; each answers through its progress
-    folder, waited for at most SAVE_GRACE_S), then asks Tune to stop through SIGUSR1, its documented
-    stop signal (Tune's own SIGINT handler is off), so the launcher knows which happened. A second
-    Ctrl+C raises KeyboardInterrupt as usual."""
-    SAVE_GRACE_S = 10.0
+    folder, waited for at most `COLORSWEEP_STOP_GRACE_S`, 10 s), then asks Tune to stop through
+    SIGUSR1, its documented stop signal (Tune's own SIGINT handler is off), so the launcher knows
+    which happened. The wait runs beside Tune's loop, never in it: a trial in the middle of a report
+    waits for the driver to take it before it reaches the step where it saves. A second Ctrl+C
+    raises KeyboardInterrupt as usual."""
 
     def __init__(self, budget_s: float | None, sweep_dir: Path, running: Callable[[], set[str]]):
         self.reason: str | None = None
@@ -200,19 +201,19 @@ class Stop:
             os.kill(os.getpid(), signal.SIGUSR1)
 
     def _let_trials_save(self) -> None:
-        running = self._running()
-        if not running:
+        """Until every trial still running has saved (one that finishes meanwhile need not)."""
+        if not self._running():
             return
         write_text_atomic(self._sweep_dir / sweep_state.STOP_FILE, "")
-        deadline = time.monotonic() + self.SAVE_GRACE_S
-        while not running <= saved_trials(self._sweep_dir) and time.monotonic() < deadline:
+        deadline = time.monotonic() + float(os.environ.get("COLORSWEEP_STOP_GRACE_S", "10"))
+        while not self._running() <= saved_trials(self._sweep_dir) and time.monotonic() < deadline:
             time.sleep(0.1)
 
     def _ctrl_c(self, signum, frame) -> None:
         self._presses += 1
         if self._presses > 1:
             raise KeyboardInterrupt
-        self._ask("ctrl_c")
+        threading.Thread(target=self._ask, args=("ctrl_c",), daemon=True).start()
 
     def close(self) -> None:
         if self._timer:

@@ -108,12 +108,14 @@ def test_kills_at_the_moments_that_matter_then_the_same_command_finishes(tmp_pat
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_time_budget_stops_and_same_command_completes(tmp_path):
+def test_time_budget_stops_and_same_command_completes(tmp_path, monkeypatch):
     """On events, not on the machine's speed: Ctrl+C once Tune has recorded a trial's checkpoint
     (130, state saved); a budget that ends before a restored trial can even start (3, state saved);
     then the same command continues from the checkpoints and finishes (0)."""
     command = ("--set", "train.epochs=4", "--set", "data.synthetic_size=400")
     sweep_dir = tmp_path / "sweeps" / "smoke"
+    # the Ctrl+C waits for every running trial to save or finish, however slow the machine
+    monkeypatch.setenv("COLORSWEEP_STOP_GRACE_S", "900")
     process = start_launch(tmp_path, *command)
     assert wait_until(lambda: recorded_a_checkpoint(sweep_dir), process), \
         (tmp_path / "first_run.log").read_text()[-3000:]
