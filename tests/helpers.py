@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from trainable.config import Config, load_config
 
@@ -275,3 +276,12 @@ def sigkill_then_resume(tmp_path: Path, epochs: int, *extra: str,
             assert after[0] > 1, (trial_dir.name, before[trial_dir.name], after)
             assert after[-1] == epochs
     return done
+
+
+def assert_packed_equals_plain(history: list) -> None:
+    """Every loss of every step of plain trainers equals the packed step's, to float64 precision;
+    `history` holds (plain losses per trainer, packed losses keyed by name, (K,)) per step."""
+    for plain_losses, packed_losses in history:
+        for k, losses in enumerate(plain_losses):
+            for key, value in losses.items():
+                assert float(value) == pytest.approx(float(packed_losses[key][k]), rel=1e-9, abs=1e-12), key

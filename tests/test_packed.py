@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import tiny_config
+from tests.helpers import assert_packed_equals_plain, tiny_config
 from trainable.data import ColorData, apply_flip, epoch_plan, load_data
 from trainable.engine import Trainer
 from trainable.loop import train_epoch
@@ -71,10 +71,7 @@ def test_packed_steps_equal_plain_steps_in_float64(float64):
     plain, data = _trainers()
     packed, _ = _trainers(data)
     history = _step_both(plain, PackedTrainer(packed), 20)
-    for plain_losses, packed_losses in history:
-        for k, losses in enumerate(plain_losses):
-            for key, value in losses.items():
-                assert float(value) == pytest.approx(float(packed_losses[key][k]), rel=1e-9, abs=1e-12), key
+    assert_packed_equals_plain(history)
     for a, b in zip(plain, packed):
         for net in ("generator", "discriminator"):
             assert _relative(_flat(getattr(a, net)), _flat(getattr(b, net))) < 1e-7
@@ -185,9 +182,6 @@ def test_packed_steps_with_adjusted_views_equal_plain_steps_in_float64(float64):
     plain, data = _trainers(trials=ADJUSTED_TRIALS)
     packed, _ = _trainers(data, trials=ADJUSTED_TRIALS)
     history = _step_both(plain, PackedTrainer(packed), 4)
-    for plain_losses, packed_losses in history:
-        for k, losses in enumerate(plain_losses):
-            for key, value in losses.items():
-                assert float(value) == pytest.approx(float(packed_losses[key][k]), rel=1e-9, abs=1e-12), key
+    assert_packed_equals_plain(history)
     for a, b in zip(plain, packed):
         assert _relative(_flat(a.generator), _flat(b.generator)) < 1e-7

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.helpers import tiny_config
+from tests.helpers import assert_packed_equals_plain, tiny_config
 from tests.test_packed import _step_both, _trainers, float64  # noqa: F401 (float64: a fixture)
 from trainable.color import image_statistics, lab_normalized_to_rgb
 from trainable.condition import condition_vector, fixed_targets
@@ -115,10 +115,7 @@ def test_packed_projected_trials_each_project_onto_their_own_targets(float64):
     plain, data = _trainers(trials=PACKED_TRIALS)
     packed, _ = _trainers(data, trials=PACKED_TRIALS)
     history = _step_both(plain, PackedTrainer(packed), 3)
-    for plain_losses, packed_losses in history:
-        for k, losses in enumerate(plain_losses):
-            for key, value in losses.items():
-                assert float(value) == pytest.approx(float(packed_losses[key][k]), rel=1e-9, abs=1e-12), key
+    assert_packed_equals_plain(history)
     targets = [float(t.generator.output.fixed_targets[0]) for t in packed]
     assert targets == pytest.approx([0.3, 0.7])
 
