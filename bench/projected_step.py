@@ -35,13 +35,13 @@ def step_seconds(overrides: list[str], steps: int) -> float:
     """Median CPU seconds of one training step after a warm-up step."""
     trainer = Trainer(load_config(None, overrides))
     group = steps_for([trainer])
-    order, flips = group.plan_epoch()
-    noise = group.plan_conditions(len(order))
-    lr_table = group.lr_factors(len(order))
+    plan = group.plan_epoch()
+    noise = group.plan_conditions(len(plan))
+    lr_table = group.lr_factors(len(plan))
     seconds = []
     for i in range(steps + 1):
         started = time.process_time()
-        group.step(group.next_batch(order[i], flips[i]), lr_table[i], None if noise is None else noise[i])
+        group.step(group.next_batch(plan, i), lr_table[i], None if noise is None else noise[i])
         seconds.append(time.process_time() - started)
     return statistics.median(seconds[1:])
 

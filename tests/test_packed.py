@@ -51,14 +51,14 @@ def _step_both(plain, pack, steps):
     """`steps` steps of each plain trainer and of the pack, on the same batches; per-step losses."""
     data = pack.data
     plans = [epoch_plan(len(data.train), 8, t.rng, t.cfg.data.flip) for t in plain]
-    order, flips = pack.plan_epoch()
+    plan = pack.plan_epoch()
     lr_table = pack.lr_factors(steps)
     history = []
     for i in range(steps):
         plain_losses = []
         for trainer, (trial_order, trial_flips) in zip(plain, plans):
             plain_losses.append(trainer.scheduled_step(apply_flip(data.train[trial_order[i]], trial_flips[i])))
-        history.append((plain_losses, pack.step(pack.next_batch(order[i], flips[i]), lr_table[i])))
+        history.append((plain_losses, pack.step(pack.next_batch(plan, i), lr_table[i])))
     for trainer in pack.trainers:
         trainer.step += steps
     pack.sync()

@@ -27,11 +27,11 @@ def _plain_curve(trainer: Trainer, steps: int) -> torch.Tensor:
 
 def _packed_curve(trainer: Trainer, steps: int) -> torch.Tensor:
     pack = PackedTrainer([trainer])
-    order, flips = pack.plan_epoch()
+    plan = pack.plan_epoch()
     lr = pack.lr_factors(steps)
     losses = []
     for i in range(steps):
-        out = pack.step(pack.next_batch(order[i], flips[i]), lr[i])
+        out = pack.step(pack.next_batch(plan, i), lr[i])
         losses.append(torch.stack([out["loss_g"][0], out["loss_l1"][0]]))
     return torch.stack(losses)
 
@@ -68,8 +68,8 @@ def test_packed_step_never_reads_device_values_on_the_host(precision):
     trainers = [Trainer(tiny_config(*ALL_CONTROLS, f"train.precision={precision}")),
                 Trainer(tiny_config("optim.schedule=exponential", f"train.precision={precision}"))]
     pack = PackedTrainer(trainers)
-    order, flips = pack.plan_epoch()
-    batch, lr = pack.next_batch(order[0], flips[0]), pack.lr_factors()[0]
+    plan = pack.plan_epoch()
+    batch, lr = pack.next_batch(plan, 0), pack.lr_factors()[0]
     before = [p.clone() for p in pack.g_params.values()]
     with FakeTensorMode(allow_non_fake_inputs=True):
         losses = pack.step(batch, lr)
@@ -124,8 +124,8 @@ def test_graph_warm_up_leaves_no_trace():
     data = load_data(tiny_config().data, "cpu")
     configs = [tiny_config(*ALL_CONTROLS, "train.precision=fp32"), tiny_config("train.precision=fp32", "train.seed=5")]
     warmed, twin = (PackedTrainer([Trainer(cfg, data) for cfg in configs]) for _ in range(2))
-    order, flips = twin.plan_epoch()
-    batch, lr = twin.next_batch(order[0], flips[0]), twin.lr_factors()[0]
+    plan = twin.plan_epoch()
+    batch, lr = twin.next_batch(plan, 0), twin.lr_factors()[0]
     warm_up(warmed, batch, lr)
     a, b = warmed.step(batch, lr), twin.step(batch, lr)
     for key in b:                          # the second trial controls nothing: NaN control_* entries

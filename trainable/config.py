@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 CONTROL_NAMES = ("saturation", "value", "hue", "red", "green", "blue", "colorfulness")
-DATASETS = ("cifar10", "npz", "folder", "synthetic")
+DATASETS = ("cifar10", "npz", "folder", "synthetic", "shards")
 SCHEDULES = ("plateau", "exponential", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SWITCHES = ("auto", "on", "off")
@@ -59,6 +59,7 @@ class DataConfig:
     flip: bool = True             # random horizontal flips
     synthetic_size: int = 512     # number of images the synthetic dataset makes
     adjust_fraction: float = 0.0  # share of training images replaced by their target-adjusted versions
+    loader_workers: int = 2       # shards: loader processes per trainer that decode, crop and flip
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,9 @@ def _validate(cfg: Config) -> None:
     _check("data.val_limit", d.val_limit >= 0, "must be >= 0")
     _check("data.val_fraction", 0 < d.val_fraction < 1, "must be in (0, 1)")
     _check("data.synthetic_size", d.synthetic_size >= 2, "must be >= 2")
+    _check("data.loader_workers", d.loader_workers >= 0, "must be >= 0")
+    _check("data.path", d.dataset != "shards" or bool(d.path),
+           "must name a shard folder (python -m trainable.shards SRC DST) for data.dataset=shards")
     _check("model.width", 0 < m.width <= 4, f"must be in (0, 4], got {m.width}")
     _check("loss.l1_weight", lo.l1_weight >= 0, "must be >= 0")
     _check("loss.real_label", 0.5 < lo.real_label <= 1, "must be in (0.5, 1]")

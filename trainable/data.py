@@ -1,9 +1,10 @@
-"""Training data on the device: the whole set converted once to normalized Lab, batches by index.
+"""The in-memory data source: the whole set converted once to normalized Lab on the device, batches by index.
 
 `load_data` reads the raw images (datasets.py), converts them to normalized Lab on the device,
 drops pure-gray images, holds out a validation split fixed by `split_seed` and applies the limits.
 Batches are index tensors from `batch_indices`; `apply_flip` flips the subset of a batch that
 `epoch_plan`'s mask picks, in one op on the batch's device (airbench's CifarLoader style: no DataLoader workers).
+`ColorData` is this set as a `trainable.source.DataSource`; no other module indexes its tensors.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from trainable.color import AB_SCALE, rgb_to_lab_normalized
 from trainable.config import DataConfig
 from trainable.datasets import has_test_split, load_raw
 from trainable.download import DataError
+from trainable.source import DataSource, EpochPlan
 
 # An image whose mean chroma sqrt(a² + b²) (Lab units) is below this is gray and dropped. Exactly
 # gray images score ~0.003; JPEG noise lifts gray photos to ~0.5-2 (the CIFAR-10 JPEG mirror's test
@@ -25,10 +27,45 @@ CONVERT_PIXELS = 1 << 22  # pixels converted to Lab at once (4,096 CIFAR images)
 
 
 @dataclass(frozen=True)
-class ColorData:
+class ColorData(DataSource):
     """Normalized-Lab float32 image tensors (N, 3, H, W) on the training device."""
     train: torch.Tensor
     val: torch.Tensor
+
+    @property
+    def train_count(self) -> int:
+        return len(self.train)
+
+    def _draw(self, generators: list[torch.Generator], batch_size: int, flip: bool, start: int,
+              memory_format: torch.memory_format, states: list[torch.Tensor]) -> EpochPlan:
+        orders, flips = [], []
+        for generator in generators:
+            order, flip_mask = epoch_plan(len(self.train), batch_size, generator, flip)
+            orders.append(order)
+            flips.append(flip_mask if flip_mask is not None else torch.zeros_like(order, dtype=torch.bool))
+        device = self.train.device
+        return MemoryPlan(self.train, torch.stack(orders, 1).to(device), torch.stack(flips, 1).to(device),
+                          memory_format, states, start)
+
+
+class MemoryPlan(EpochPlan):
+    """An epoch as (steps, K, B) indices and flips on the device, moved there once: a small
+    host-to-device copy inside the step would make the host wait for the GPU every step."""
+
+    def __init__(self, train: torch.Tensor, order: torch.Tensor, flips: torch.Tensor,
+                 memory_format: torch.memory_format, states: list[torch.Tensor], start: int):
+        super().__init__(states, start)
+        self.train, self.order, self.flips, self.memory_format = train, order, flips, memory_format
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def _make(self, step: int) -> torch.Tensor:
+        order = self.order[step]
+        batch = self.train[order.flatten()]
+        # no copy when the data came from load_data in this memory format (gathers keep the layout)
+        batch = apply_flip(batch, self.flips[step].flatten()).contiguous(memory_format=self.memory_format)
+        return batch.view(*order.shape, *batch.shape[1:])
 
 
 def to_lab(images: np.ndarray, device: torch.device | str) -> torch.Tensor:

@@ -139,4 +139,6 @@ def load_raw(cfg: DataConfig, split: str = "train") -> np.ndarray:
         return load_folder(cfg.path, cfg.image_size)
     if cfg.dataset == "synthetic":
         return make_synthetic(cfg.synthetic_size, cfg.image_size, cfg.split_seed)
+    if cfg.dataset == "shards":
+        raise DataError(f"{cfg.path}: data.dataset=shards is streamed (trainable.source.open_source), never read whole")
     raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}")

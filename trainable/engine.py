@@ -1,4 +1,4 @@
-"""The trainer: both nets, their optimizers and schedule, the data on the device, the RNG.
+"""The trainer: both nets, their optimizers and schedule, its data source (trainable.source), the RNG.
 
 One `train_step` is a discriminator update then a generator update (pix2pix order), the body in
 `trainable.gan_step` that the packed step shares; the trainer says how its nets are called and
@@ -16,12 +16,12 @@ import torch
 from trainable.color import lab_normalized_to_rgb, lab_normalized_to_uint8
 from trainable.condition import Conditioning, conditioned_metrics, faithful_condition
 from trainable.config import Config, flatten, from_dict, to_dict
-from trainable.data import ColorData, load_data
 from trainable.gan_step import gan_step
 from trainable.metrics import MetricAccumulator
 from trainable.models import build_models
 from trainable.realism import RealismProbe
 from trainable.schedule import LrSchedule
+from trainable.source import DataSource, open_source
 
 STATE_FORMAT = "colorsweep-trainer"
 # Keys that may differ between a checkpoint and the command that resumes it.
@@ -81,11 +81,11 @@ def resolve_memory_format(cfg: Config, device: torch.device) -> torch.memory_for
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data: ColorData | None = None):
+    def __init__(self, cfg: Config, data: DataSource | None = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         self.memory_format = resolve_memory_format(cfg, self.device)
-        self.data = data if data is not None else load_data(cfg.data, self.device, self.memory_format)
+        self.data = data if data is not None else open_source(cfg.data, self.device, self.memory_format)
         with _INIT_LOCK, torch.random.fork_rng(devices=[]):     # the global generator is put back
             torch.default_generator.manual_seed(cfg.train.seed)
             nets = build_models(cfg)
@@ -123,7 +123,7 @@ class Trainer:
     def train_step(self, batch: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One D update then one G update on a normalized-Lab batch (`trainable.gan_step`); returns
         detached losses. A conditioned trainer draws its per-image targets from `noise` (B, noise_width)."""
-        batch = batch.contiguous(memory_format=self.memory_format)   # no copy for load_data's batches
+        batch = batch.contiguous(memory_format=self.memory_format)   # no copy for a source's batches
         losses, = gan_step(self, [self], batch, noise)
         return {k: v.detach() for k, v in losses.items()}
 

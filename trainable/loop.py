@@ -80,21 +80,22 @@ def train_epoch(group: StepGroup | Trainer, progress: StepProgress | None = None
         trainer.generator.train()
         trainer.discriminator.train()
     start, sums = _start(group)
-    order, flips = group.plan_epoch()
-    noise = group.plan_conditions(len(order))
-    lr_table = group.lr_factors(len(order))
-    for i in range(start, len(order)):
+    plan = group.plan_epoch(start)
+    steps = len(plan)
+    noise = group.plan_conditions(steps)
+    lr_table = group.lr_factors(steps)
+    for i in range(start, steps):
         step_noise = None if noise is None else noise[i]
-        for key, value in group.step(group.next_batch(order[i], flips[i]), lr_table[i], step_noise).items():
+        for key, value in group.step(group.next_batch(plan, i), lr_table[i], step_noise).items():
             sums[key] = sums[key] + value if key in sums else value
         if progress is not None:
-            progress(i + 1, len(order))
-        if stop is not None and i + 1 < len(order) and stop():
+            progress(i + 1, steps)
+        if stop is not None and i + 1 < steps and stop():
             host = {key: value.tolist() for key, value in sums.items()}     # one sync, only here
             for k, trainer in enumerate(group.sync()):
                 trainer.epoch_step, trainer.epoch_sums = i + 1, {key: values[k] for key, values in host.items()}
             raise Interrupted
-    results = group.end_epoch(sums, len(order))
+    results = group.end_epoch(sums, steps)
     for trainer in group.sync():
         trainer.epoch_step, trainer.epoch_rng, trainer.epoch_sums = 0, None, {}
     return results

@@ -91,7 +91,7 @@ def check_packable(trainers: list[Trainer]) -> None:
         for (key, mine), (_, theirs) in zip(first, pack_signature(trainer.cfg)):
             if mine != theirs:
                 raise ValueError(f"{key}: trials in one pack must share it ({mine} vs {theirs})")
-        if trainer.data is not trainers[0].data and len(trainer.data.train) != len(trainers[0].data.train):
+        if trainer.data is not trainers[0].data and trainer.data.train_count != trainers[0].data.train_count:
             raise ValueError("data: trials in one pack must train on the same images")
 
 

@@ -1,7 +1,8 @@
 """K trainers that train on the same data, and how one step of theirs is taken.
 
 A `StepGroup` plans an epoch for each of its trainers (its own order and flips, from its own
-generator), gathers the (K, B, 3, H, W) batch of one step, builds the per-step lr factors and does
+generator) through the trainers' shared data source (`trainable.source`), takes the
+(K, B, 3, H, W) batch of one step from it, builds the per-step lr factors and does
 the bookkeeping at the end of an epoch (step and epoch counts, the schedule, the mean losses).
 Subclasses only say how a step is taken: `EagerStep` (K = 1: the trainer's own `train_step`),
 `trainable.packed.PackedTrainer` (K models stacked under vmap) and `trainable.graphs.GraphedTrainer`
@@ -15,8 +16,8 @@ import math
 import torch
 
 from trainable.condition import condition_noise
-from trainable.data import apply_flip, epoch_plan
 from trainable.engine import Trainer
+from trainable.source import EpochPlan
 
 
 class StepGroup:
@@ -42,16 +43,12 @@ class StepGroup:
         """(steps, K) lr multipliers for the next `steps` steps, built on the host and copied once."""
         return torch.tensor(self.lr_table(steps), device=self.device)
 
-    def plan_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every trainer's epoch on the device at once: (steps, K, B) indices and flip mask (all
-        False where a trainer does not flip)."""
-        count = len(self.data.train)
-        orders, flips = [], []
-        for trainer in self.trainers:
-            order, flip = epoch_plan(count, trainer.cfg.train.batch_size, trainer.rng, trainer.cfg.data.flip)
-            orders.append(order)
-            flips.append(flip if flip is not None else torch.zeros_like(order, dtype=torch.bool))
-        return torch.stack(orders, 1).to(self.device), torch.stack(flips, 1).to(self.device)
+    def plan_epoch(self, start: int = 0) -> EpochPlan:
+        """Every trainer's epoch at once, each drawn from its own generator (the data source's
+        `plan`), its batches from `start` on."""
+        flip = self.trainers[0].cfg.data.flip          # data.* is shared by a pack
+        batch_size = self.trainers[0].cfg.train.batch_size
+        return self.data.plan([t.rng for t in self.trainers], batch_size, flip, start, self.memory_format)
 
     def plan_conditions(self, steps: int) -> torch.Tensor | None:
         """(steps, K, B, W) uniforms for conditioned trainers' per-image targets, drawn after
@@ -60,12 +57,9 @@ class StepGroup:
         draws = [condition_noise(steps, t.cfg.train.batch_size, t.cfg.loss, t.rng) for t in self.trainers]
         return None if draws[0] is None else torch.stack(draws, 1).to(self.device)
 
-    def next_batch(self, order: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """(K, B) indices and flips of one step → the (K, B, 3, H, W) batch."""
-        batch = self.data.train[order.flatten()]
-        # no copy when the data came from load_data in this memory format (gathers keep the layout)
-        batch = apply_flip(batch, flips.flatten()).contiguous(memory_format=self.memory_format)
-        return batch.view(*order.shape, *batch.shape[1:])
+    def next_batch(self, plan: EpochPlan, step: int) -> torch.Tensor:
+        """The (K, B, 3, H, W) batch of this step of the plan."""
+        return plan.batch(step)
 
     def end_epoch(self, sums: dict[str, torch.Tensor], steps: int) -> list[dict[str, float]]:
         """Count the epoch's steps in every trainer, step its schedule; → each one's mean losses

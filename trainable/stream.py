@@ -1,7 +1,9 @@
 """Training batches streamed from shards (trainable.shard_format): the source for sets larger than memory.
 
-`ShardStream` yields device batches of normalized Lab, (B, 3, S, S) for `image_size` S, and holds a
-fixed validation set `val` on the device, as `trainable.data.ColorData` does for a set in memory.
+`ShardSource` is the `trainable.source.DataSource` of a shard folder: device batches of normalized
+Lab, (B, 3, S, S) for `image_size` S, and a fixed validation set `val` on the device, as
+`trainable.data.ColorData` is for a set in memory. `ShardStream` is one trainer's stream of it
+with its own (seed, epoch, batch) position.
 Loader workers read, decode, random-crop and flip whole batches (one tensor per batch crosses
 between processes, not one per image) and, when the device is the CPU, convert them to Lab too; on
 an accelerator the conversion runs there. RAM stays bounded: a worker holds only open shard files,
@@ -27,6 +29,7 @@ from PIL import Image
 
 from trainable.color import rgb_to_lab_normalized
 from trainable.shard_format import ShardError, open_shards, read_offsets
+from trainable.source import DataSource, EpochPlan
 
 VAL_BYTES = 1 << 30   # the validation set is kept on the device as float Lab; more needs data.val_limit
 MIX_SHARDS = 8        # shards whose images are mixed together within an epoch
@@ -122,30 +125,29 @@ class EpochBatches(torch.utils.data.Dataset):
         return _to_lab_in_parts(batch) if self.lab else batch
 
 
-class ShardStream:
-    """A shard folder as training batches with an exact, resumable position, and a validation set.
+class ShardSource(DataSource):
+    """A shard folder as a `trainable.source.DataSource`: a fixed validation set on the device and
+    epochs streamed from the shards, one loader per trainer of a pack.
 
     train_limit / val_limit (0 = all) cut each split to its first images in the converted (already
     shuffled) order. Validation images are center-cropped to image_size and kept on the device, at
-    most VAL_BYTES of them: a larger validation split needs val_limit.
+    most VAL_BYTES of them: a larger validation split needs val_limit. An epoch's order, crops and
+    flips are a function of one seed drawn from the trainer's generator (`plan`).
     """
 
-    def __init__(self, path: str | Path, batch_size: int, image_size: int, device: torch.device | str = "cpu",
-                 flip: bool = True, seed: int = 0, workers: int = 2, prefetch: int = 2, train_limit: int = 0,
-                 val_limit: int = 0, memory_format: torch.memory_format = torch.contiguous_format,
-                 checksum: bool = False):
+    def __init__(self, path: str | Path, image_size: int, device: torch.device | str = "cpu",
+                 workers: int = 2, prefetch: int = 2, train_limit: int = 0, val_limit: int = 0,
+                 memory_format: torch.memory_format = torch.contiguous_format, checksum: bool = False):
         index = open_shards(path, checksum)
         if image_size > index.image_size:
             raise ShardError(f"{index.root}: images are {index.image_size}px, data.image_size={image_size} is "
                              f"larger; convert again with --size {image_size} or train smaller crops")
         self.device, self.memory_format = torch.device(device), memory_format
-        self.batch_size, self.image_size, self.flip, self.seed = batch_size, image_size, flip, seed
-        self.workers, self.prefetch = workers, prefetch
+        self.image_size, self.workers, self.prefetch = image_size, workers, prefetch
         train = index.split("train")
         self.reader = ShardReader([p for p, _ in train], index.codec, index.image_size)
         self.counts = _cut([entry["count"] for _, entry in train], train_limit)
         self.val = self._load_val(index, val_limit)
-        self.epoch, self.batch = 0, 0
 
     def _load_val(self, index, limit: int) -> torch.Tensor:
         shards = index.split("val")
@@ -167,9 +169,67 @@ class ShardStream:
     def train_count(self) -> int:
         return sum(self.counts)
 
-    def __len__(self) -> int:
+    def steps(self, batch_size: int) -> int:
         """Batches per epoch: the last partial batch is dropped, as in-memory epochs drop it."""
-        return max(1, self.train_count // self.batch_size)
+        return max(1, self.train_count // batch_size)
+
+    def batches(self, batch_size: int, flip: bool, seed: int, epoch: int, start: int,
+                memory_format: torch.memory_format) -> Iterator[torch.Tensor]:
+        """Batches start, start + 1, … of epoch (seed, epoch) as device Lab; the first `start` are never made."""
+        lab_in_workers = self.device.type == "cpu"
+        batches = EpochBatches(self.reader, epoch_order(self.counts, seed, epoch), batch_size,
+                               self.image_size, flip, seed, epoch, lab_in_workers)
+        loader = torch.utils.data.DataLoader(
+            batches, batch_size=None, sampler=range(start, self.steps(batch_size)), num_workers=self.workers,
+            prefetch_factor=self.prefetch if self.workers else None, pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            batch = batch.to(self.device, non_blocking=True)
+            yield (batch if lab_in_workers else _to_lab(batch)).contiguous(memory_format=memory_format)
+
+    def _draw(self, generators: list[torch.Generator], batch_size: int, flip: bool, start: int,
+              memory_format: torch.memory_format, states: list[torch.Tensor]) -> EpochPlan:
+        seeds = [int(torch.randint(0, 2 ** 62, (), generator=generator)) for generator in generators]
+        streams = [self.batches(batch_size, flip, seed, 0, start, memory_format) for seed in seeds]
+        return StreamPlan(streams, self.steps(batch_size), states, start)
+
+
+class StreamPlan(EpochPlan):
+    """K trainers' epochs streamed side by side; batches are taken in order, none skipped."""
+
+    def __init__(self, streams: list[Iterator[torch.Tensor]], steps: int, states: list[torch.Tensor], start: int):
+        super().__init__(states, start)
+        self.streams, self.steps = streams, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _make(self, step: int) -> torch.Tensor:
+        if step != self.position:
+            raise ValueError(f"streamed batches come in order: batch {self.position} is next, {step} was asked")
+        batches = [next(stream) for stream in self.streams]
+        return batches[0].unsqueeze(0) if len(batches) == 1 else torch.stack(batches)
+
+
+class ShardStream:
+    """One trainer's view of a ShardSource: batches with an exact, resumable (seed, epoch, batch)
+    position (the benchmark's and a plain loop's; the trainer goes through `ShardSource.plan`)."""
+
+    def __init__(self, path: str | Path, batch_size: int, image_size: int, device: torch.device | str = "cpu",
+                 flip: bool = True, seed: int = 0, workers: int = 2, prefetch: int = 2, train_limit: int = 0,
+                 val_limit: int = 0, memory_format: torch.memory_format = torch.contiguous_format,
+                 checksum: bool = False):
+        self.source = ShardSource(path, image_size, device, workers, prefetch, train_limit, val_limit,
+                                  memory_format, checksum)
+        self.val, self.memory_format = self.source.val, memory_format
+        self.batch_size, self.flip, self.seed = batch_size, flip, seed
+        self.epoch, self.batch = 0, 0
+
+    @property
+    def train_count(self) -> int:
+        return self.source.train_count
+
+    def __len__(self) -> int:
+        return self.source.steps(self.batch_size)
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch, "batch": self.batch}
@@ -183,16 +243,10 @@ class ShardStream:
         """The rest of the current epoch, from the position; then the position moves to the next one."""
         if self.batch >= len(self):
             self.epoch, self.batch = self.epoch + 1, 0
-        lab_in_workers = self.device.type == "cpu"
-        batches = EpochBatches(self.reader, epoch_order(self.counts, self.seed, self.epoch), self.batch_size,
-                               self.image_size, self.flip, self.seed, self.epoch, lab_in_workers)
-        loader = torch.utils.data.DataLoader(
-            batches, batch_size=None, sampler=range(self.batch, len(self)), num_workers=self.workers,
-            prefetch_factor=self.prefetch if self.workers else None, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            batch = batch.to(self.device, non_blocking=True)
+        for batch in self.source.batches(self.batch_size, self.flip, self.seed, self.epoch, self.batch,
+                                         self.memory_format):
             self.batch += 1
-            yield (batch if lab_in_workers else _to_lab(batch)).contiguous(memory_format=self.memory_format)
+            yield batch
         self.epoch, self.batch = self.epoch + 1, 0
 
 

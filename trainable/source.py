@@ -1,0 +1,107 @@
+"""The one data interface: what the trainer, packed trials, validation, FID and the sweep see of a data set.
+
+A `DataSource` has a fixed validation set `val` (normalized Lab on the device, small by
+construction: `data.val_limit`), the number of training images `train_count`, and `plan(...)`,
+which draws one epoch for K trainers stepped together from their own generators. An `EpochPlan`
+gives batch i of that epoch as one (K, B, 3, H, W) device tensor of normalized Lab, flips applied.
+
+The position contract: a plan is a pure function of the generators' states when it is drawn, and
+`plan(..., start=k)` begins at batch k without making batches 0..k-1. So a trainer's `epoch_rng`
+(its generator as the epoch began) and `epoch_step` fully determine the next batch, and
+`EpochPlan.state_dict()` / `DataSource.resume(state, ...)` carry exactly that. The position lives
+in the plan, not the source, because one source is shared by every trial of a pack.
+
+Two implementations: in memory (`trainable.data.ColorData`: the whole set one device tensor,
+batches gathered by index) and streamed from shards (`trainable.stream.ShardSource`).
+`open_source(cfg.data, ...)` picks one; nothing else knows which it got.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from trainable.config import DataConfig
+
+
+class EpochPlan(ABC):
+    """One epoch of K trainers' batches; `batch(i)` is called for i = start, start + 1, …"""
+
+    def __init__(self, states: list[torch.Tensor], start: int):
+        self.states, self.position = states, start
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Batches in the whole epoch (the last partial one dropped)."""
+
+    @abstractmethod
+    def _make(self, step: int) -> torch.Tensor:
+        """The (K, B, 3, H, W) batch of this step."""
+
+    def batch(self, step: int) -> torch.Tensor:
+        out = self._make(step)
+        self.position = step + 1
+        return out
+
+    def state_dict(self) -> dict:
+        """The exact position: the generators' states the epoch was drawn from, and the next batch."""
+        return {"rng": [state.clone() for state in self.states], "step": self.position}
+
+
+class DataSource(ABC):
+    val: torch.Tensor
+
+    @property
+    @abstractmethod
+    def train_count(self) -> int:
+        """Training images in one epoch."""
+
+    @abstractmethod
+    def _draw(self, generators: list[torch.Generator], batch_size: int, flip: bool, start: int,
+              memory_format: torch.memory_format, states: list[torch.Tensor]) -> EpochPlan:
+        """The epoch drawn from the generators, its batches from `start` on."""
+
+    def plan(self, generators: list[torch.Generator], batch_size: int, flip: bool, start: int = 0,
+             memory_format: torch.memory_format = torch.contiguous_format) -> EpochPlan:
+        """One epoch for K trainers (one generator each; every draw of the epoch comes from it)."""
+        states = [generator.get_state() for generator in generators]
+        return self._draw(generators, batch_size, flip, start, memory_format, states)
+
+    def resume(self, state: dict, generators: list[torch.Generator], batch_size: int, flip: bool,
+               memory_format: torch.memory_format = torch.contiguous_format) -> EpochPlan:
+        """The plan an `EpochPlan.state_dict()` came from, continuing at its next batch (the
+        generators are set back to the epoch's start, then drawn from as then)."""
+        for generator, saved in zip(generators, state["rng"], strict=True):
+            generator.set_state(saved)
+        return self.plan(generators, batch_size, flip, state["step"], memory_format)
+
+
+def open_source(cfg: DataConfig, device: torch.device | str,
+                memory_format: torch.memory_format = torch.contiguous_format) -> DataSource:
+    """The source data.dataset names: shards streamed from data.path, any other set in memory.
+    Bad data raises DataError (one line) before anything is loaded onto the device."""
+    if cfg.dataset == "shards":
+        from trainable.stream import ShardSource
+        return ShardSource(cfg.path, cfg.image_size, device, workers=cfg.loader_workers,
+                           train_limit=cfg.train_limit, val_limit=cfg.val_limit, memory_format=memory_format)
+    from trainable.data import load_data
+    return load_data(cfg, device, memory_format)
+
+
+def held_out_images(cfg: DataConfig, device: torch.device | str) -> torch.Tensor:
+    """The images a final run is tested on: the test split where the set has one (cifar10), else
+    the validation split, whole in memory, its first data.val_limit images for shards."""
+    if cfg.dataset == "shards":
+        from trainable.stream import ShardSource
+        return ShardSource(cfg.path, cfg.image_size, device, workers=0, val_limit=cfg.val_limit).val
+    from trainable.data import load_test_split
+    return load_test_split(cfg, device)
+
+
+def validation_sample(cfg: DataConfig, count: int) -> torch.Tensor:
+    """The first `count` validation images of cfg on the CPU (the gallery's rows)."""
+    if cfg.dataset == "shards":
+        from trainable.stream import ShardSource
+        return ShardSource(cfg.path, cfg.image_size, "cpu", workers=0, val_limit=count).val
+    from trainable.data import load_data
+    return load_data(cfg, "cpu").val[:count]
