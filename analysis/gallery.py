@@ -17,10 +17,10 @@ from PIL import Image
 from analysis.rank import param_label
 from trainable.color import lab_normalized_to_uint8
 from trainable.config import Config
-from trainable.data import load_data
 from trainable.export import ModelError, load_generator
 from trainable.layout import SAMPLES
 from trainable.names import control_symbol
+from trainable.sources import validation_sample
 
 
 def control_label(cfg: Config) -> str:
@@ -52,7 +52,7 @@ class Gallery:
     def _validation(self, cfg: Config) -> torch.Tensor:
         key = repr(cfg.data)
         if key not in self._images:
-            self._images[key] = load_data(cfg.data, "cpu").val[:self.count]
+            self._images[key] = validation_sample(cfg.data, self.count)
         return self._images[key]
 
     @torch.no_grad()

@@ -33,7 +33,7 @@ import torch
 from trainable.color import lab_normalized_to_rgb
 from trainable.condition import condition_vector, fixed_targets
 from trainable.config import ControlConfig, load_config
-from trainable.data import load_data
+from trainable.sources import open_source
 from trainable.engine import Trainer, resolve_device, resolve_memory_format, setup_process
 from trainable.files import write_text_atomic
 from trainable.loop import train_epoch
@@ -80,7 +80,7 @@ def train(cfg_items: list[str], data, epochs: int, label: str) -> Trainer:
 def step_seconds(cfg_items: list[str], data, steps: int = 6) -> float:
     """Median seconds of one training step (after one warm-up step) for this config."""
     trainer = Trainer(load_config(None, cfg_items), data)
-    batch = data.train[:trainer.cfg.train.batch_size]
+    batch = data.plan([torch.Generator().manual_seed(0)], trainer.cfg.train.batch_size, False).batch(0)[0]
     times = []
     for _ in range(steps + 1):
         started = time.perf_counter()
@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(None, base)
     setup_process(cfg)
     device = resolve_device(cfg.train.device)
-    data = load_data(cfg.data, device, resolve_memory_format(cfg, device))
+    data = open_source(cfg.data, device, resolve_memory_format(cfg, device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"data: {len(data.train)} train / {len(data.val)} val images; {args.epochs} epochs per row; "
+    print(f"data: {data.train_count} train / {len(data.val)} val images; {args.epochs} epochs per row; "
           f"λ_S={args.lambda_s:g} (film {args.lambda_film:g})", flush=True)
     fixed = [f"loss.saturation.weight={args.lambda_s}", "loss.saturation.target=0.6"]
     plain, adjusted = step_seconds(base + fixed, data), step_seconds(base + fixed + ["loss.l1_target=adjusted"], data)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[f"{label}, σ_S={sigma}"] = metrics_at(trainer, sigma, condition=False)
     if not args.no_film:
         rows.update(film_rows(base, data, args.epochs, args.lambda_film, out))
-    text = (f"bench.adjusted: CIFAR-10 {len(data.train)}/{len(data.val)} images, width 0.25, batch 64, seed 0, "
+    text = (f"bench.adjusted: CIFAR-10 {data.train_count}/{len(data.val)} images, width 0.25, batch 64, seed 0, "
             f"{args.epochs} epochs per row, λ_S={args.lambda_s:g} (film {args.lambda_film:g}), {device}\n"
             f"training step: {plain * 1000:.0f} ms plain, {adjusted * 1000:.0f} ms with the adjustment "
             f"(+{(adjusted - plain) * 1000:.0f} ms, ×{adjusted / plain:.2f})\n\n{table(rows)}\n")

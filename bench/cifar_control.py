@@ -26,7 +26,7 @@ import torch
 
 from trainable.color import lab_normalized_to_rgb
 from trainable.config import load_config
-from trainable.data import load_data
+from trainable.sources import open_source
 from trainable.engine import Trainer, resolve_device, resolve_memory_format, setup_process
 from trainable.loop import train_epoch
 from trainable.metrics import MetricAccumulator
@@ -50,8 +50,8 @@ def main() -> None:
     cfg = load_config(None, base + args.overrides)
     setup_process(cfg)
     device = resolve_device(cfg.train.device)
-    data = load_data(cfg.data, device, resolve_memory_format(cfg, device))
-    print(f"data: {len(data.train)} train / {len(data.val)} val images")
+    data = open_source(cfg.data, device, resolve_memory_format(cfg, device))
+    print(f"data: {data.train_count} train / {len(data.val)} val images")
     gray = gray_baseline(data.val)
     print(f"gray baseline: val_saturation={gray['val_saturation']:.3f} val_pixel_acc_2={gray['val_pixel_acc_2']:.3f} "
           f"val_pixel_acc_5={gray['val_pixel_acc_5']:.3f}")

@@ -34,7 +34,7 @@ from PIL import Image
 from trainable.color import batch_mean, distance, lab_normalized_to_uint8
 from trainable.condition import HUE_GRID, condition_vector, fixed_targets, grid_metrics, grid_statistics
 from trainable.config import load_config
-from trainable.data import load_data
+from trainable.sources import open_source
 from trainable.engine import Trainer, resolve_device, resolve_memory_format, setup_process
 from trainable.files import write_atomic, write_text_atomic
 from trainable.loop import train_epoch
@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(None, base)
     setup_process(cfg)
     device = resolve_device(cfg.train.device)
-    data = load_data(cfg.data, device, resolve_memory_format(cfg, device))
+    data = open_source(cfg.data, device, resolve_memory_format(cfg, device))
     out = Path(args.out)
-    print(f"data: {len(data.train)} train / {len(data.val)} val images; {args.epochs} epochs per model; "
+    print(f"data: {data.train_count} train / {len(data.val)} val images; {args.epochs} epochs per model; "
           f"λ_S={args.lambda_s:g}, λ_H={args.lambda_h:g}")
     results = {}
     for label, extra in model_overrides(args.lambda_s, args.lambda_h, args.l1).items():

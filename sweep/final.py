@@ -29,8 +29,8 @@ from trainable.files import write_png
 from sweep.register import register
 from trainable.checkpoint import load_checkpoint
 from trainable.config import Config, ConfigError, apply_overrides, flatten, from_dict, parse_assignment, to_dict
-from trainable.data import load_test_split
 from trainable.datasets import has_test_split
+from trainable.sources import held_out_images
 from trainable.export import ModelError, export_generator
 from trainable.fid import FidError
 from trainable.files import write_text_atomic
@@ -114,7 +114,7 @@ def finish(sweep: Sweep, trainer, directory: Path, record: dict) -> dict:
     if record.get("tested_epoch") == trainer.epoch and (directory / TEST_METRICS).exists():
         test = json.loads((directory / TEST_METRICS).read_text())   # a rerun: FID costs minutes on a CPU
     else:
-        images = load_test_split(trainer.cfg.data, trainer.device)
+        images = held_out_images(trainer.cfg.data, trainer.device)
         test = trainer.evaluate(images, fid=True)
         test = {f"test_{k.removeprefix('val_')}": v for k, v in test.items()}
         write_text_atomic(directory / TEST_METRICS, json.dumps(test, indent=2) + "\n")

@@ -5,8 +5,8 @@ Processes on one GPU time-slice it (without MPS they do not overlap); one proces
 trials' stacked models under `vmap` does. A packed trial (`sweep.ray_adapter.train_packed_trial`)
 joins with its config and checkpoint state, asks for one epoch at a time (`advance`), and asks for
 a report (metrics, the full trainer state, the sample grid) whenever it reports to Tune; it writes
-its own checkpoint folder and is stopped by ASHA like any other trial. The data is loaded once per
-distinct data config and shared. Which trials step together and when is `sweep.pack_scheduler`;
+its own checkpoint folder and is stopped by ASHA like any other trial. The data source
+(trainable.source) is opened once per distinct data config and shared. Which trials step together and when is `sweep.pack_scheduler`;
 how a group steps is `trainable.loop`'s; this file is the asynchronous shell around them: epochs
 run in a worker thread so the actor keeps answering.
 """
@@ -21,9 +21,10 @@ import torch
 
 from sweep.pack_scheduler import Group, PackScheduler
 from trainable.config import from_dict, to_dict
-from trainable.data import load_data
 from trainable.engine import Trainer, resolve_device, resolve_memory_format, setup_process
 from trainable.loop import Report, report_of, train_epoch
+from trainable.source import DataSource
+from trainable.sources import open_source
 
 GATHER_S = 1.0        # a round waits this long after the last ask before checking on late trials
 MAX_WAIT_S = 10.0     # … and at most this long after the first ask before it starts without them
@@ -63,7 +64,7 @@ async def _answers(ref) -> None:
 class PackServer:
     def __init__(self, pack: int):
         self.scheduler = PackScheduler(pack, MAX_WAIT_S, STALE_S)
-        self.datasets: dict[str, object] = {}
+        self.datasets: dict[str, DataSource] = {}
         self.data_lock = threading.Lock()        # trials joining at once load their data once
         self.set_up = False
         self.answers: dict[str, asyncio.Future] = {}
@@ -85,7 +86,7 @@ class PackServer:
         key = repr((sorted(to_dict(cfg)["data"].items()), str(device), str(memory_format)))
         with self.data_lock:
             if key not in self.datasets:
-                self.datasets[key] = load_data(cfg.data, device, memory_format)
+                self.datasets[key] = open_source(cfg.data, device, memory_format)
         trainer = Trainer(cfg, self.datasets[key])
         if state is not None:
             trainer.load_state_dict(state)

@@ -21,7 +21,8 @@ from trainable.metrics import MetricAccumulator
 from trainable.models import build_models
 from trainable.realism import RealismProbe
 from trainable.schedule import LrSchedule
-from trainable.source import DataSource, open_source
+from trainable.source import DataSource
+from trainable.sources import open_source
 
 STATE_FORMAT = "colorsweep-trainer"
 # Keys that may differ between a checkpoint and the command that resumes it.

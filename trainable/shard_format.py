@@ -144,3 +144,13 @@ def open_shards(root: str | Path, checksum: bool = False) -> ShardIndex:
     if index.count("train") == 0:
         raise ShardError(f"{root}: no training images; convert a larger image set")
     return index
+
+
+def check_shards(path: str | Path, image_size: int, checksum: bool = False) -> ShardIndex:
+    """The index of a finished shard folder whose images can give image_size crops; reads no image
+    data (with checksum: every shard's bytes). Anything else is a ShardError, one line."""
+    index = open_shards(path, checksum)
+    if image_size > index.image_size:
+        raise ShardError(f"{index.root}: images are {index.image_size}px, data.image_size={image_size} is "
+                         f"larger; convert again with --size {image_size} or train smaller crops")
+    return index

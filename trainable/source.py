@@ -13,7 +13,7 @@ in the plan, not the source, because one source is shared by every trial of a pa
 
 Two implementations: in memory (`trainable.data.ColorData`: the whole set one device tensor,
 batches gathered by index) and streamed from shards (`trainable.stream.ShardSource`).
-`open_source(cfg.data, ...)` picks one; nothing else knows which it got.
+`trainable.sources.open_source(cfg.data, ...)` picks one; nothing else knows which it got.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from trainable.config import DataConfig
 
 
 class EpochPlan(ABC):
@@ -74,34 +73,3 @@ class DataSource(ABC):
         for generator, saved in zip(generators, state["rng"], strict=True):
             generator.set_state(saved)
         return self.plan(generators, batch_size, flip, state["step"], memory_format)
-
-
-def open_source(cfg: DataConfig, device: torch.device | str,
-                memory_format: torch.memory_format = torch.contiguous_format) -> DataSource:
-    """The source data.dataset names: shards streamed from data.path, any other set in memory.
-    Bad data raises DataError (one line) before anything is loaded onto the device."""
-    if cfg.dataset == "shards":
-        from trainable.stream import ShardSource
-        return ShardSource(cfg.path, cfg.image_size, device, workers=cfg.loader_workers,
-                           train_limit=cfg.train_limit, val_limit=cfg.val_limit, memory_format=memory_format)
-    from trainable.data import load_data
-    return load_data(cfg, device, memory_format)
-
-
-def held_out_images(cfg: DataConfig, device: torch.device | str) -> torch.Tensor:
-    """The images a final run is tested on: the test split where the set has one (cifar10), else
-    the validation split, whole in memory, its first data.val_limit images for shards."""
-    if cfg.dataset == "shards":
-        from trainable.stream import ShardSource
-        return ShardSource(cfg.path, cfg.image_size, device, workers=0, val_limit=cfg.val_limit).val
-    from trainable.data import load_test_split
-    return load_test_split(cfg, device)
-
-
-def validation_sample(cfg: DataConfig, count: int) -> torch.Tensor:
-    """The first `count` validation images of cfg on the CPU (the gallery's rows)."""
-    if cfg.dataset == "shards":
-        from trainable.stream import ShardSource
-        return ShardSource(cfg.path, cfg.image_size, "cpu", workers=0, val_limit=count).val
-    from trainable.data import load_data
-    return load_data(cfg, "cpu").val[:count]

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from trainable.color import rgb_to_lab_normalized
-from trainable.shard_format import ShardError, open_shards, read_offsets
+from trainable.shard_format import ShardError, check_shards, read_offsets
 from trainable.source import DataSource, EpochPlan
 
 VAL_BYTES = 1 << 30   # the validation set is kept on the device as float Lab; more needs data.val_limit
@@ -138,10 +138,7 @@ class ShardSource(DataSource):
     def __init__(self, path: str | Path, image_size: int, device: torch.device | str = "cpu",
                  workers: int = 2, prefetch: int = 2, train_limit: int = 0, val_limit: int = 0,
                  memory_format: torch.memory_format = torch.contiguous_format, checksum: bool = False):
-        index = open_shards(path, checksum)
-        if image_size > index.image_size:
-            raise ShardError(f"{index.root}: images are {index.image_size}px, data.image_size={image_size} is "
-                             f"larger; convert again with --size {image_size} or train smaller crops")
+        index = check_shards(path, image_size, checksum)
         self.device, self.memory_format = torch.device(device), memory_format
         self.image_size, self.workers, self.prefetch = image_size, workers, prefetch
         train = index.split("train")
