@@ -8,7 +8,10 @@ with `python -m trainable.shards` (JPEG and raw codecs; conversion rate and size
 256-px and 64-px random crops times, with the same loader workers: (a) a Dataset that opens each
 file with PIL, crops, flips, and a DataLoader that collates, then Lab on the device; (b) ShardStream.
 Prints images/s, the ratio (b)/(a) and the peak memory (PSS, summed over the process and its loader
-workers, so pages shared after fork count once) of each.
+workers, so pages shared after fork count once) of each. `--images 20000 100000` runs each size in
+turn and ends with the peak memory of each. `--train-width W` also times training steps at 256 px
+on the shards (a model of width W, data.dataset=shards, loader workers as above) and says what
+that rate means for an epoch of Places365.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from trainable.shards import main as convert_main
 from trainable.stream import ShardStream
 
 SIZE = 256
+PLACES365_TRAIN = 1_803_460   # Places365-standard's training images
+TRAIN_STEPS = 4               # training steps timed after a warm-up step
 MAKE_CHUNK = 256      # synthetic images generated at once
 GRAIN = 6.0           # std of the per-pixel noise that gives the smooth procedural images a photo's texture
 
@@ -149,37 +154,75 @@ def convert(folder: Path, shards: Path, codec: str, workers: int) -> tuple[float
     return count / seconds, sum(p.stat().st_size for p in shards.iterdir()) / 1e6
 
 
+def train_rate(shards: Path, args) -> float:
+    """Images/s of training steps at 256 px on shards: the median step after a warm-up step."""
+    import statistics
+
+    from trainable.config import load_config
+    from trainable.engine import Trainer, setup_process
+    from trainable.loop import train_epoch
+    cfg = load_config(None, ["data.dataset=shards", f"data.path={shards}", f"data.image_size={SIZE}",
+                             f"data.loader_workers={args.workers}", "data.val_limit=8",
+                             f"data.train_limit={args.batch_size * (TRAIN_STEPS + 1)}",
+                             f"model.width={args.train_width}", f"train.batch_size={args.batch_size}",
+                             f"train.device={args.device}"])
+    setup_process(cfg)
+    stamps = [time.perf_counter()]
+    train_epoch(Trainer(cfg), lambda done, total: stamps.append(time.perf_counter()))
+    gaps = [later - earlier for earlier, later in zip(stamps[1:], stamps[2:])]
+    return args.batch_size / statistics.median(gaps)
+
+
+def run(count: int, args, device: torch.device) -> float:
+    """One size's rows; → the peak memory (MB) of any loader."""
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-data-")) / str(count)
+    folder = work / "images"
+    make_folder(folder, count, seed=1)
+    source_mb = sum(p.stat().st_size for p in folder.rglob("*.jpg")) / 1e6
+    print(f"{count} images of {SIZE}px in {folder} ({source_mb:.0f} MB); {args.workers} workers, "
+          f"batch {args.batch_size}, {args.batches} batches timed, device {device}")
+    for codec in args.codecs:
+        rate, megabytes = convert(folder, work / f"shards-{codec}", codec, args.workers)
+        print(f"convert --codec {codec}: {rate:.0f} images/s, {megabytes:.0f} MB on disk")
+    print(f"{'crop':>5} {'loader':<16} {'images/s':>9} {'ratio':>6} {'peak MB':>8}")
+    peak = 0.0
+    for crop in (256, 64):
+        with PeakMemory() as memory:
+            base = plain_rate(folder, crop, args, device)
+        print(f"{crop:>5} {'(a) ImageFolder':<16} {base:>9.0f} {1:>6.2f} {memory.megabytes:>8.0f}")
+        peak = max(peak, memory.megabytes)
+        for codec in args.codecs:
+            with PeakMemory() as memory:
+                rate = shard_rate(work / f"shards-{codec}", crop, args, device)
+            print(f"{crop:>5} {'(b) shards ' + codec:<16} {rate:>9.0f} {rate / base:>6.2f} {memory.megabytes:>8.0f}")
+            peak = max(peak, memory.megabytes)
+    if args.train_width:
+        rate = train_rate(work / f"shards-{args.codecs[0]}", args)
+        print(f"training at {SIZE}px from shards ({args.codecs[0]}), width {args.train_width}, batch "
+              f"{args.batch_size}: {rate:.1f} images/s; a Places365 epoch ({PLACES365_TRAIN:,} images) "
+              f"takes {PLACES365_TRAIN / rate / 3600:.0f} h at this rate")
+    if not args.work:
+        shutil.rmtree(work.parent)
+    return peak
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--images", type=int, nargs="+", default=[20_000], help="set sizes, each run in turn")
     parser.add_argument("--workers", type=int, default=2, help="loader (and conversion) workers, both sides")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=40, help="batches timed per row")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", default="", help="folder for the images and shards (default: a temp folder)")
     parser.add_argument("--codecs", nargs="+", default=["jpeg", "raw"])
+    parser.add_argument("--train-width", type=float, default=0.0,
+                        help="also time training steps at 256 px on the shards at this model.width")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-data-"))
-    folder = work / "images"
-    make_folder(folder, args.images, seed=1)
-    source_mb = sum(p.stat().st_size for p in folder.rglob("*.jpg")) / 1e6
-    print(f"{args.images} images of {SIZE}px in {folder} ({source_mb:.0f} MB); {args.workers} workers, "
-          f"batch {args.batch_size}, {args.batches} batches timed, device {device}")
-    for codec in args.codecs:
-        rate, megabytes = convert(folder, work / f"shards-{codec}", codec, args.workers)
-        print(f"convert --codec {codec}: {rate:.0f} images/s, {megabytes:.0f} MB on disk")
-    print(f"{'crop':>5} {'loader':<16} {'images/s':>9} {'ratio':>6} {'peak MB':>8}")
-    for crop in (256, 64):
-        with PeakMemory() as memory:
-            base = plain_rate(folder, crop, args, device)
-        print(f"{crop:>5} {'(a) ImageFolder':<16} {base:>9.0f} {1:>6.2f} {memory.megabytes:>8.0f}")
-        for codec in args.codecs:
-            with PeakMemory() as memory:
-                rate = shard_rate(work / f"shards-{codec}", crop, args, device)
-            print(f"{crop:>5} {'(b) shards ' + codec:<16} {rate:>9.0f} {rate / base:>6.2f} {memory.megabytes:>8.0f}")
-    if not args.work:
-        shutil.rmtree(work)
+    peaks = [(count, run(count, args, device)) for count in args.images]
+    if len(peaks) > 1:
+        print("peak MB by size: " + ", ".join(f"{count} images: {peak:.0f}" for count, peak in peaks)
+              + f" (largest / smallest {max(p for _, p in peaks) / min(p for _, p in peaks):.2f})")
     return 0
 
 
