@@ -6,9 +6,9 @@ trials' stacked models under `vmap` does. A packed trial (`sweep.ray_adapter.tra
 joins with its config and checkpoint state, asks for one epoch at a time (`advance`), and asks for
 a report (metrics, the full trainer state, the sample grid) whenever it reports to Tune; it writes
 its own checkpoint folder and is stopped by ASHA like any other trial. The data source
-(trainable.source) is opened once per distinct data config and shared. Which trials step together and when is `sweep.pack_scheduler`;
-how a group steps is `trainable.loop`'s; this file is the asynchronous shell around them: epochs
-run in a worker thread so the actor keeps answering.
+(trainable.source) is opened once per distinct data config and shared. Which trials step together
+and when is `sweep.pack_scheduler`; how a group steps is `trainable.loop`'s; this file is the
+asynchronous shell around them: epochs run in a worker thread so the actor keeps answering.
 """
 from __future__ import annotations
 
