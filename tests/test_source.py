@@ -125,6 +125,10 @@ def test_train_cli_trains_two_epochs_on_shards_with_loader_workers(shards, tmp_p
     state = torch.load(folder / "checkpoint" / "latest.pt", weights_only=False)
     assert state["step"] == 2 * (32 // 8)          # 40 images, 8 to validation: 32 train, 4 batches
     assert train(argv) == 0                        # already trained: the same command changes nothing
+    from analysis.gallery import Gallery
+    gallery = Gallery(3)                          # the report's gallery reads the validation shards
+    gallery.add_checkpoint("run", folder / "checkpoint")
+    assert gallery.real.shape == (3, 16, 16, 3) and gallery.rows[0][1].shape == (3, 16, 16, 3)
 
 
 def _launch(tmp_path, *sets: str) -> subprocess.CompletedProcess:

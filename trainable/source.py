@@ -22,7 +22,6 @@ from abc import ABC, abstractmethod
 import torch
 
 
-
 class EpochPlan(ABC):
     """One epoch of K trainers' batches; `batch(i)` is called for i = start, start + 1, …"""
 
@@ -48,6 +47,7 @@ class EpochPlan(ABC):
 
 
 class DataSource(ABC):
+    """Training batches by epoch plan, a fixed validation set `val` (N, 3, H, W) on the device."""
     val: torch.Tensor
 
     @property

@@ -15,7 +15,7 @@ from trainable.source import DataSource
 def open_source(cfg: DataConfig, device: torch.device | str,
                 memory_format: torch.memory_format = torch.contiguous_format) -> DataSource:
     """The source data.dataset names: shards streamed from data.path, any other set in memory.
-    Bad data raises DataError (one line) before anything is loaded onto the device."""
+    Bad data raises DataError, one line naming it."""
     if cfg.dataset == "shards":
         from trainable.stream import ShardSource
         return ShardSource(cfg.path, cfg.image_size, device, workers=cfg.loader_workers,
@@ -38,6 +38,7 @@ def validation_sample(cfg: DataConfig, count: int) -> torch.Tensor:
     """The first `count` validation images of cfg on the CPU (the gallery's rows)."""
     if cfg.dataset == "shards":
         from trainable.stream import ShardSource
-        return ShardSource(cfg.path, cfg.image_size, "cpu", workers=0, val_limit=count).val
+        limit = min(count, cfg.val_limit) if cfg.val_limit else count
+        return ShardSource(cfg.path, cfg.image_size, "cpu", workers=0, val_limit=limit).val
     from trainable.data import load_data
     return load_data(cfg, "cpu").val[:count]
