@@ -21,6 +21,7 @@ from pathlib import Path
 from analysis.pareto import DEFAULT_OBJECTIVES, MODES, Objective
 from trainable.config import (Config, ConfigError, apply_overrides, flatten, from_dict, leaf_keys,
                               parse_assignment, read_yaml, to_dict)
+from trainable.interval import Interval, duration_seconds, parse_interval
 from trainable.names import SHARED_KEYS, metric_names_of
 
 DISTRIBUTIONS = {  # type → the keys it takes
@@ -184,10 +185,9 @@ def parse_duration(key: str, value: object) -> float | None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
-    match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*", str(value))
-    need(key, bool(match) and any(match.groups()), f"expected a duration like 11h30m, got {value!r}")
-    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return float(hours * 3600 + minutes * 60 + seconds) or None      # "0h" is no budget too
+    seconds = duration_seconds(value)
+    need(key, seconds is not None, f"expected a duration like 11h30m, got {value!r}")
+    return seconds or None      # "0h" is no budget too
 
 
 def _pack(raw: object, space: Mapping[str, Distribution], max_concurrent: int, cfg: Config) -> int:
