@@ -100,6 +100,11 @@ def _counts(cfg: Config, images: int) -> tuple[int, int]:
     return train_count, val
 
 
+def train_split_size(cfg: Config, images: int) -> int:
+    """The training images a trial of cfg uses out of `images` (gray ones, dropped later, counted)."""
+    return _counts(cfg, images)[0]
+
+
 def _timing(cfg: Config, images: np.ndarray, val: int) -> Timing:
     step_s, eval_image_s = _measure(cfg, images)
     return Timing(step_s, eval_image_s, cfg.train.batch_size, val)

@@ -202,13 +202,13 @@ def test_sigkill_mid_epoch_then_the_same_command_ends_with_identical_weights(tmp
     assert saved["epoch"] == 1 and saved["epoch_step"] > 0     # the kill came before the epoch ended
     again = _recording_train(killed, tmp_path / "again.log")
     assert again.wait(timeout=600) == 0, again.stdout.read()
-    assert f"step {saved['epoch_step']} of epoch 2" in again.stdout.read()
     batches = (tmp_path / "straight.log").read_text().split()
     per_epoch = len(batches) // 2
     resumed_at = per_epoch * saved["epoch"] + saved["epoch_step"]
     before_kill = (tmp_path / "first.log").read_text().split()[:resumed_at]
     assert len(before_kill) == resumed_at and len(batches) == 2 * per_epoch
     assert before_kill + (tmp_path / "again.log").read_text().split() == batches   # same batches, same order
+    assert f"step {saved['epoch_step']} of epoch 2" in again.stdout.read()
     a, b = load_checkpoint(straight / "checkpoint"), load_checkpoint(killed / "checkpoint")
     assert a["step"] == b["step"] == len(batches) and a["epoch_step"] == b["epoch_step"] == 0
     for part in ("generator", "discriminator"):
