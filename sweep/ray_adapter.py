@@ -4,7 +4,8 @@ the driver-side callbacks. When Ray's API moves again, this file is the one that
 A trial builds its full config from the spec plus its searched values, restores from
 `tune.get_checkpoint()` when Tune hands it one, and reports metrics with a checkpoint every
 `report_every` epochs, or every `report_every: N steps` inside epochs (a `Midway`; the trainer state
-then holds the position in the epoch, so a restored trial goes on at the next step). ASHA counts
+then holds the position in the epoch, so a restored trial goes on at the next step). Between epoch
+reports, `train.checkpoint_every` saves the trial to `interrupted/<trial_id>/`, as Ctrl+C does. ASHA counts
 reports (`training_iteration`), and so does MLflow's step. The checkpoint folder holds `latest.pt`
 (the trainer state; state["config"] is the trial's full config), `samples.png` (the sample grid),
 `generator.pt` (the exported generator) and `report.json` ({"epoch": N, "epoch_step": K}). Both trial functions run `trainable.loop.run_epochs`
@@ -41,7 +42,7 @@ from trainable.engine import Trainer, setup_process
 from trainable.export import export_generator
 from trainable.layout import GENERATOR, INTERRUPTED_DIR, REPORT, SAMPLES
 from trainable.interval import Clock
-from trainable.loop import Interrupted, LocalRun, Midway, Report, report_midway, run_epochs
+from trainable.loop import Interrupted, LocalRun, Midway, Report, checkpoints, report_midway, run_epochs
 
 PACKED_TRIAL_CPU = 0.05
 
@@ -250,7 +251,9 @@ def train_trial(config: dict, spec: SweepSpec, threads: int, sweep_dir: str) -> 
     run = LocalRun(trainer)
     progress = TrialProgress(sweep_dir, trial_id, run, cfg.train.epochs)
     every = spec.report_every           # epochs, or steps: then only the last epoch's end reports as an epoch
-    midway = Midway(Clock(every, lambda: run.steps), report_midway(run, report_to_tune)) if every.steps else None
+    # reports inside epochs, else train.checkpoint_every's saves beside the ones Ctrl+C makes
+    midway = Midway(Clock(every, lambda: run.steps), report_midway(run, report_to_tune)) if every.steps \
+        else checkpoints(run, saved_here)
     try:
         run_epochs(run, report_to_tune, cfg.train.epochs, every.epochs or cfg.train.epochs, progress,
                    stop=progress.stop_asked, midway=midway)

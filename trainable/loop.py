@@ -258,14 +258,14 @@ def resume(trainer: Trainer, directory: Path) -> None:
     _trim_metrics(directory / METRICS_FILE, trainer.epoch)
 
 
-def checkpoints(run: LocalRun, directory: Path) -> Midway | None:
-    """train.checkpoint_every as a Midway that saves the trainer, position included, to `checkpoint/`;
-    None when it is 0 (a checkpoint at each epoch's end only, by FolderSink)."""
+def checkpoints(run: LocalRun, folder: Path) -> Midway | None:
+    """train.checkpoint_every as a Midway that saves the trainer, its place in the epoch included,
+    to `folder`; None when it is 0 (checkpoints at reports only)."""
     interval = parse_interval(run.trainer.cfg.train.checkpoint_every, ("steps",), durations=True)
     if not interval:
         return None
     return Midway(Clock(interval, lambda: run.steps),
-                  lambda losses: save_checkpoint(directory / CHECKPOINT_DIR, run.trainer.state_dict()))
+                  lambda losses: save_checkpoint(folder, run.trainer.state_dict()))
 
 
 def run_training(cfg: Config, directory: str | Path, progress: bool = True,
@@ -293,6 +293,6 @@ def run_training(cfg: Config, directory: str | Path, progress: bool = True,
         callback = (lambda row: on_report(trainer, row)) if on_report is not None else None
         sink = FolderSink(directory, cfg.train.epochs, bar.console, callback)
         run = LocalRun(trainer)
-        run_epochs(run, sink, cfg.train.epochs, progress=show, midway=checkpoints(run, directory))
+        run_epochs(run, sink, cfg.train.epochs, progress=show, midway=checkpoints(run, directory / CHECKPOINT_DIR))
     print(f"done: {trainer.epoch} epochs; checkpoint, config.yaml and metrics.jsonl in {directory}")
     return trainer
