@@ -454,8 +454,10 @@ class ProgressCallback(tune.Callback):
         row = trial_row(trial.trial_id, "TERMINATED", trial.last_result, trial.config, self.spec)
         values = ", ".join(f"{o.metric} {row['metrics'][o.metric]:.4g}" for o in self.spec.objectives
                            if o.metric in row["metrics"])
+        inside = trial.last_result.get("epoch_step")       # a report inside an epoch (report_every: N steps)
+        where = f"at step {inside} of epoch {row['epoch'] + 1}" if inside else f"after epoch {row['epoch']}"
         how = "finished" if finished_all_epochs(trial.last_result, trial.config, self.spec) \
-            else f"stopped early (ASHA) after epoch {row['epoch']}"
+            else f"stopped early (ASHA) {where}"
         self.display.event(f"trial {trial.trial_id} {how}: {values}")
         self._update(trials, (trial.trial_id, "TERMINATED"))     # the table agrees with the line at once
 

@@ -237,7 +237,7 @@ def test_reports_counted_in_steps_come_inside_the_first_epoch_and_asha_counts_th
     assert whole and all([(r["training_iteration"], r["epoch"], r.get("epoch_step")) for r in rows]
                          == [(1, 0, 1), (2, 0, 2), (3, 1, None)] for rows in whole)
     stopped = [rows for rows in results.values() if rows[-1]["epoch"] == 0]
-    assert stopped and "stopped early (ASHA)" in done.stdout     # before the end of the first epoch
+    assert stopped and "stopped early (ASHA) at step 1 of epoch 1" in done.stdout
     for trial_dir in results:                          # Tune's checkpoint holds the place in the epoch
         state = load_checkpoint(sorted(trial_dir.glob("checkpoint_*"))[-1])
         assert (state["epoch"], state["epoch_step"]) == (results[trial_dir][-1]["epoch"],
