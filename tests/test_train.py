@@ -46,7 +46,8 @@ def test_set_overrides_win_over_seed_flags():
 @pytest.mark.parametrize("flags, key", [(["--set", "model.widht=1"], "model.widht"),
                                         (["--set", "loss.hue.target=1.5"], "loss.hue.target"),
                                         (["--desired-saturation", "2"], "loss.saturation.target"),
-                                        (["--set", "train.epochs=many"], "train.epochs")])
+                                        (["--set", "train.epochs=many"], "train.epochs"),
+                                        (["--set", "train.checkpoint_every=soon"], "train.checkpoint_every")])
 def test_bad_config_is_one_line_naming_the_key(flags, key, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(flags)
