@@ -250,3 +250,33 @@ def test_reports_counted_in_steps_come_inside_the_first_epoch_and_asha_counts_th
     for run in trial_runs(tmp_path):                   # MLflow's step is the report's index
         trial_dir = next(d for d in results if results[d][0]["trial_id"] == run.data.tags["trial_id"])
         assert epoch_steps(tmp_path, run.info.run_id) == list(range(1, len(results[trial_dir]) + 1))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_trial_killed_after_a_report_inside_its_epoch_resumes_inside_it(tmp_path):
+    """A report every 4 steps of a one-epoch trial; the launcher is SIGKILLed once Tune has recorded
+    a trial checkpoint; the same command finishes. The report after a resume comes 4 steps after
+    the restored one: the trial went on inside its epoch (restarting the epoch would report step 4
+    again under a later report index)."""
+    extra = ("--set", "train.epochs=1", "--set", "report_every=4 steps", "--set", "data.synthetic_size=400",
+             "--set", "num_samples=2", "--set", "max_concurrent=1")
+    process = start_launch(tmp_path, *extra)
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    assert wait_until(lambda: recorded_a_checkpoint(sweep_dir), process), (tmp_path / "first_run.log").read_text()
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {d.name: _results(d) for d in trial_dirs(sweep_dir) if (d / "result.json").exists()}
+    inside = [rows for rows in before.values() if rows and rows[-1]["epoch"] == 0]
+    assert inside, before                                  # a trial was killed inside its epoch
+    done = run_launch(tmp_path, *extra)
+    assert done.returncode == 0 and "resuming smoke" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    went_on = []
+    for trial_dir in trial_dirs(sweep_dir):
+        rows = _results(trial_dir)
+        assert rows[-1]["epoch"] == 1
+        for row in rows[:-1]:                               # every report at 4 × its index, also after a resume
+            assert (row["epoch"], row["epoch_step"]) == (0, 4 * row["training_iteration"]), rows
+        if before.get(trial_dir.name) and before[trial_dir.name][-1]["epoch"] == 0:
+            went_on.append(rows[len(before[trial_dir.name])]["training_iteration"] > 1)
+    assert any(went_on), before                             # not started again at its first report
