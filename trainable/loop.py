@@ -7,10 +7,14 @@
   `LocalRun` here, a packed trial's `PackedRun` (sweep/ray_adapter.py). A sink is called with
   (row, state, grid), row = {"epoch", the last epoch's losses, the metrics}: `FolderSink` here
   (MLflow through its on_report), Tune's in sweep/ray_adapter.py. Callers differ only in these two.
+  A `Midway` pauses inside epochs when its clock is due (train.checkpoint_every's checkpoints, a
+  sweep's reports every N steps): the epoch stops through train_epoch's `stop`, the Midway acts,
+  and the same epoch goes on at the next step.
 - `run_training(cfg, directory)` is a training folder: it resumes from `checkpoint/` and reports to
   `FolderSink`, which appends a line to `metrics.jsonl` and then writes the checkpoint. A crash
   between the two leaves a metrics line newer than the checkpoint; on resume such lines are dropped
-  (rewritten atomically) and the epoch runs again, so the file never holds an epoch twice.
+  (rewritten atomically) and the epoch runs again, so the file never holds an epoch twice. A
+  mid-epoch checkpoint writes no line: a resume goes on at its next step.
 """
 from __future__ import annotations
 
