@@ -263,7 +263,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         print(f"sweep {spec.name} is finished: results in {sweep_dir}, "
               f"MLflow: mlflow ui --backend-store-uri {old.tracking_uri}")
         return EXIT_FINISHED
-    from sweep.prepare import check_realism_reference, cpu_estimate, prepare_data
+    from sweep.prepare import check_realism_reference, cpu_estimate, prepare_data, train_split_size
     images = prepare_data(spec.config.data)   # before anything is made: a DataError leaves nothing
     check_realism_reference(spec, images)
     if args.fresh:
@@ -283,6 +283,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
             print(line, flush=True)
         except Exception as err:  # an estimate is a courtesy: the trials report their own errors
             print(f"the trials train on the CPU (could not time a step here: {err})", flush=True)
+    train_images = train_split_size(spec.config, images)     # sizes reports counted in steps
     del images
     tracker, record = _open_tracking(spec, old, args.mlflow_uri)
     sweep_state.write_spec(sweep_dir, resolved(spec))
@@ -291,7 +292,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     display = SweepDisplay(spec, start=pace)
     ended = OutcomeCallback(spec)
     callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display), ended]
-    tuner, restored = build_tuner(spec, sweep_dir, cluster, callbacks, study_url)
+    tuner, restored = build_tuner(spec, sweep_dir, cluster, callbacks, study_url, train_images)
     if restored:
         print(f"resuming {spec.name} from {sweep_dir}")
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do

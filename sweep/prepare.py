@@ -131,6 +131,12 @@ def _counts(cfg: Config, images: np.ndarray | None) -> tuple[int, int]:
     return train_count, val
 
 
+def train_split_size(cfg: Config, images: np.ndarray | None) -> int:
+    """The training images a trial of cfg uses out of `images` (None: the shards' index; gray ones,
+    dropped later, counted)."""
+    return _counts(cfg, images)[0]
+
+
 def _timing(cfg: Config, images: np.ndarray | None, val: int) -> Timing:
     step_s, eval_image_s = _measure(cfg, images)
     return Timing(step_s, eval_image_s, cfg.train.batch_size, val)

@@ -68,10 +68,12 @@ def _in_epoch(row: dict) -> float:
 
 
 def epoch_seconds(rows: Sequence[dict], report_every: int, now: float) -> float | None:
-    """Median measured time of one epoch: whole epochs timed by the trials, else reports' times,
-    else the running epochs projected from their progress."""
+    """Median measured time of one epoch: whole epochs timed by the trials, else reports' times
+    (when `report_every` counts epochs; 0 when it counts steps), else the running epochs projected
+    from their progress."""
     whole = [r["live"]["epoch_seconds"] for r in rows if r.get("live") and r["live"].get("epoch_seconds")]
-    reports = [r["metrics"]["time_this_iter_s"] / report_every for r in rows if "time_this_iter_s" in r["metrics"]]
+    reports = [r["metrics"]["time_this_iter_s"] / report_every for r in rows
+               if report_every and "time_this_iter_s" in r["metrics"]]
     partial = [(now - r["live"]["epoch_started"]) / _in_epoch(r) for r in rows if _in_epoch(r) > 0]
     for measured in (whole, reports, partial):
         if measured:
@@ -85,7 +87,7 @@ def eta_seconds(rows: Sequence[dict], spec: SweepSpec, now: float, start: Pace |
     unseen = max(0, spec.num_samples - len(rows))
     epochs_left = sum(max(0.0, r["epochs"] - trained(r) - _in_epoch(r)) for r in open_rows)
     epochs_left += unseen * spec.config.train.epochs
-    per_epoch = epoch_seconds(rows, spec.report_every, now)
+    per_epoch = epoch_seconds(rows, spec.report_every.epochs, now)
     if per_epoch is None:
         return None if start is None else start.seconds_for(epochs_left)
     return Pace(per_epoch, max(1, min(spec.max_concurrent, len(open_rows) + unseen))).seconds_for(epochs_left)

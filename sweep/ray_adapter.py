@@ -3,9 +3,12 @@ the driver-side callbacks. When Ray's API moves again, this file is the one that
 
 A trial builds its full config from the spec plus its searched values, restores from
 `tune.get_checkpoint()` when Tune hands it one, and reports metrics with a checkpoint every
-`report_every` epochs. The checkpoint folder holds `latest.pt` (the trainer state; state["config"]
-is the trial's full config), `samples.png` (the sample grid), `generator.pt` (the exported
-generator) and `report.json` ({"epoch": N}). Both trial functions run `trainable.loop.run_epochs`
+`report_every` epochs, or every `report_every: N steps` inside epochs (a `Midway`; the trainer state
+then holds the position in the epoch, so a restored trial goes on at the next step). Between epoch
+reports, `train.checkpoint_every` saves the trial to `interrupted/<trial_id>/`, as Ctrl+C does. ASHA counts
+reports (`training_iteration`), and so does MLflow's step. The checkpoint folder holds `latest.pt`
+(the trainer state; state["config"] is the trial's full config), `samples.png` (the sample grid),
+`generator.pt` (the exported generator) and `report.json` ({"epoch": N, "epoch_step": K}). Both trial functions run `trainable.loop.run_epochs`
 with `report_to_tune` as the sink: a plain trial on a `LocalRun`; with `pack` > 1 on a `PackedRun`, whose models
 live in the pack server (sweep/pack_server.py), which it asks for epochs and reports.
 """
@@ -38,7 +41,8 @@ from trainable.config import apply_overrides, flatten, from_dict, to_dict
 from trainable.engine import Trainer, setup_process
 from trainable.export import export_generator
 from trainable.layout import GENERATOR, INTERRUPTED_DIR, REPORT, SAMPLES
-from trainable.loop import Interrupted, LocalRun, Report, run_epochs
+from trainable.interval import Clock
+from trainable.loop import Interrupted, LocalRun, Midway, Report, checkpoints, report_midway, run_epochs
 
 PACKED_TRIAL_CPU = 0.05
 
@@ -85,13 +89,14 @@ class EarlyStopRecorder(ASHAScheduler):
         return decision
 
 
-def build_scheduler(spec: SweepSpec) -> EarlyStopRecorder | None:
-    """ASHA on the first objective, counted in reports (training_iteration)."""
+def build_scheduler(spec: SweepSpec, train_images: int | None = None) -> EarlyStopRecorder | None:
+    """ASHA on the first objective, counted in reports (training_iteration), also when reports come
+    every so many steps; `train_images` sizes a trial's reports then (SweepSpec.num_reports)."""
     if spec.scheduler == "none":
         return None
-    first = spec.objectives[0]
+    first, reports = spec.objectives[0], spec.num_reports(train_images)
     return EarlyStopRecorder(metric=first.metric, mode=first.mode, time_attr="training_iteration",
-                             max_t=spec.num_reports(), grace_period=min(spec.grace_period, spec.num_reports()))
+                             max_t=reports, grace_period=min(spec.grace_period, reports))
 
 
 def finished_all_epochs(result: dict, config: dict, spec: SweepSpec) -> bool:
@@ -210,7 +215,7 @@ def report_to_tune(row: dict, state: dict, grid: np.ndarray) -> None:
         save_checkpoint(folder, state)
         Image.fromarray(grid).save(folder / SAMPLES)
         export_generator(state["generator"], from_dict(state["config"]), state["epoch"], folder / GENERATOR)
-        (folder / REPORT).write_text(json.dumps({"epoch": state["epoch"]}))
+        (folder / REPORT).write_text(json.dumps({"epoch": state["epoch"], "epoch_step": state["epoch_step"]}))
         tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(folder)))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -245,8 +250,13 @@ def train_trial(config: dict, spec: SweepSpec, threads: int, sweep_dir: str) -> 
         trainer.load_state_dict(state)
     run = LocalRun(trainer)
     progress = TrialProgress(sweep_dir, trial_id, run, cfg.train.epochs)
+    every = spec.report_every           # epochs, or steps: then only the last epoch's end reports as an epoch
+    # reports inside epochs, else train.checkpoint_every's saves beside the ones Ctrl+C makes
+    midway = Midway(Clock(every, lambda: run.steps), report_midway(run, report_to_tune)) if every.steps \
+        else checkpoints(run, saved_here)
     try:
-        run_epochs(run, report_to_tune, cfg.train.epochs, spec.report_every, progress, stop=progress.stop_asked)
+        run_epochs(run, report_to_tune, cfg.train.epochs, every.epochs or cfg.train.epochs, progress,
+                   stop=progress.stop_asked, midway=midway)
     except Interrupted:
         save_checkpoint(saved_here, trainer.state_dict())
         progress.saved()
@@ -277,7 +287,7 @@ def train_packed_trial(config: dict, spec: SweepSpec, server: str) -> None:
     alive_probe = ray.get_runtime_context().current_actor   # lets the server see that we died
     epoch = ray.get(pack.join.remote(trial_id, to_dict(cfg), _restored_state(), alive_probe))
     try:
-        run_epochs(PackedRun(pack, trial_id, epoch), report_to_tune, cfg.train.epochs, spec.report_every)
+        run_epochs(PackedRun(pack, trial_id, epoch), report_to_tune, cfg.train.epochs, spec.report_every.epochs)
     finally:
         pack.leave.remote(trial_id)
 
@@ -293,7 +303,7 @@ def trainable_for(spec: SweepSpec, cluster: dict[str, float], sweep_dir: Path):
 
 
 def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list,
-                study_url: str) -> tuple[tune.Tuner, bool]:
+                study_url: str, train_images: int | None = None) -> tuple[tune.Tuner, bool]:
     """(the sweep's Tuner, whether it was restored): restored from `sweep_dir` when Tune saved one
     there, else new. A restored Tuner gets this run's callbacks, not the ones pickled at the start;
     its searcher goes on with the study at `study_url` (the resume check made sure it is the same)."""
@@ -305,7 +315,7 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list
         tuner._local_tuner.get_run_config().callbacks = callbacks
         tuner._local_tuner._tune_config.search_alg.url = study_url     # pickled without its password
         return tuner, True
-    scheduler = build_scheduler(spec)
+    scheduler = build_scheduler(spec, train_images)
     tune_config = tune.TuneConfig(search_alg=StudySearcher(spec, study_url, scheduler), scheduler=scheduler,
                                   num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
     run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
@@ -343,13 +353,16 @@ class TrackingCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._run(trial)
         tags = {"node_ip": str(result.get("node_ip", ""))}
-        self.tracker.log_result(trial.trial_id, result, int(result["epoch"]), tags)
+        # the report's index is MLflow's step: unique and rising, also for reports inside an epoch
+        self.tracker.log_result(trial.trial_id, result, int(result["training_iteration"]), tags)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self._run(trial)
         with checkpoint.as_directory() as folder:
-            epoch = json.loads(Path(folder, REPORT).read_text())["epoch"]
-            self.tracker.log_file(trial.trial_id, Path(folder, SAMPLES), "samples", f"epoch_{epoch:04d}.png")
+            report = json.loads(Path(folder, REPORT).read_text())
+            inside = f"_step_{report['epoch_step']:06d}" if report.get("epoch_step") else ""
+            self.tracker.log_file(trial.trial_id, Path(folder, SAMPLES), "samples",
+                                  f"epoch_{report['epoch']:04d}{inside}.png")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._run(trial)
@@ -441,8 +454,10 @@ class ProgressCallback(tune.Callback):
         row = trial_row(trial.trial_id, "TERMINATED", trial.last_result, trial.config, self.spec)
         values = ", ".join(f"{o.metric} {row['metrics'][o.metric]:.4g}" for o in self.spec.objectives
                            if o.metric in row["metrics"])
+        inside = trial.last_result.get("epoch_step")       # a report inside an epoch (report_every: N steps)
+        where = f"at step {inside} of epoch {row['epoch'] + 1}" if inside else f"after epoch {row['epoch']}"
         how = "finished" if finished_all_epochs(trial.last_result, trial.config, self.spec) \
-            else f"stopped early (ASHA) after epoch {row['epoch']}"
+            else f"stopped early (ASHA) {where}"
         self.display.event(f"trial {trial.trial_id} {how}: {values}")
         self._update(trials, (trial.trial_id, "TERMINATED"))     # the table agrees with the line at once
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from analysis.pareto import DEFAULT_OBJECTIVES, MODES, Objective
 from trainable.config import (Config, ConfigError, apply_overrides, flatten, from_dict, leaf_keys,
                               parse_assignment, read_yaml, to_dict)
+from trainable.interval import Interval, duration_seconds, parse_interval
 from trainable.names import SHARED_KEYS, metric_names_of
 
 DISTRIBUTIONS = {  # type → the keys it takes
@@ -160,7 +161,7 @@ class SweepSpec:
     grace_period: int                       # ASHA: reports before a trial may be stopped
     num_samples: int
     max_concurrent: int
-    report_every: int
+    report_every: Interval                  # epochs (an integer) or steps ('500 steps') between reports
     time_budget_s: float | None
     pack: int                               # trials stepped together on one device (1 = off)
 
@@ -168,8 +169,20 @@ class SweepSpec:
         """The full config of one trial: the base config plus its searched values."""
         return apply_overrides(self.config, dict(searched))
 
-    def num_reports(self) -> int:
-        return math.ceil(self.config.train.epochs / self.report_every)
+    def num_reports(self, train_images: int | None = None) -> int:
+        """Reports of a whole trial (ASHA's max_t). Counted in steps it depends on the data: then
+        `train_images` (the training split, an upper bound) at the smallest searched batch size."""
+        epochs = self.config.train.epochs
+        if self.report_every.epochs:
+            return math.ceil(epochs / self.report_every.epochs)
+        if train_images is None:
+            raise ValueError("report_every counts steps: the number of reports needs the training images")
+        batch = self.config.train.batch_size
+        searched = self.space.get("train.batch_size")
+        if searched is not None:
+            batch = min(searched.values) if searched.values else searched.low
+        steps = max(1, int(train_images) // max(1, int(batch)))
+        return math.ceil(epochs * steps / self.report_every.steps)
 
 
 def _int(key: str, value: object, low: int) -> int:
@@ -184,10 +197,22 @@ def parse_duration(key: str, value: object) -> float | None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
-    match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*", str(value))
-    need(key, bool(match) and any(match.groups()), f"expected a duration like 11h30m, got {value!r}")
-    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return float(hours * 3600 + minutes * 60 + seconds) or None      # "0h" is no budget too
+    seconds = duration_seconds(value)
+    need(key, seconds is not None, f"expected a duration like 11h30m, got {value!r}")
+    return seconds or None      # "0h" is no budget too
+
+
+def _report_every(raw: object, pack: object) -> Interval:
+    """An integer counts epochs; '500 steps' reports inside epochs (not packed: packs step together
+    and stop at epoch ends)."""
+    try:
+        interval = parse_interval(raw, ("epochs", "steps"), durations=False)
+    except ValueError as err:
+        raise SpecError(f"report_every: {err}") from None
+    need("report_every", bool(interval), "must be >= 1")
+    need("report_every", not interval.steps or pack in (None, 1),
+         "packed trials report at epoch ends: use an integer (epochs), or pack: 1")
+    return interval
 
 
 def _pack(raw: object, space: Mapping[str, Distribution], max_concurrent: int, cfg: Config) -> int:
@@ -332,7 +357,7 @@ def parse_spec(raw: Mapping, sets: Sequence[str] = (), base: Path | None = None)
         name=name, config=config, space=space, objectives=objectives, sampler=sampler, seed=seed,
         scheduler=scheduler, grace_period=grace_period, num_samples=num_samples,
         max_concurrent=max_concurrent,
-        report_every=_int("report_every", raw.get("report_every", 1), 1),
+        report_every=_report_every(raw.get("report_every", 1), raw.get("pack")),
         time_budget_s=parse_duration("time_budget", raw.get("time_budget")),
         pack=_pack(raw.get("pack"), space, max_concurrent, config),
     )
@@ -360,7 +385,7 @@ def resolved(spec: SweepSpec) -> dict:
         "scheduler": {"type": spec.scheduler, "grace_period": spec.grace_period},
         "num_samples": spec.num_samples,
         "max_concurrent": spec.max_concurrent,
-        "report_every": spec.report_every,
+        "report_every": spec.report_every.epochs or f"{spec.report_every.steps} steps",
         "time_budget": spec.time_budget_s,
         **packing,
     }

@@ -9,7 +9,8 @@ from tests.helpers import tiny_config
 from trainable.engine import Trainer
 from trainable.names import metric_names_of
 from trainable.checkpoint import load_checkpoint, save_checkpoint
-from trainable.loop import Interrupted, read_metrics, run_training, train_epoch
+from trainable.interval import Clock, Interval
+from trainable.loop import Interrupted, LocalRun, Midway, read_metrics, run_epochs, run_training, train_epoch
 
 
 def _weights(trainer: Trainer) -> torch.Tensor:
@@ -119,3 +120,20 @@ def test_an_epoch_stopped_mid_way_resumes_at_the_next_step_with_the_same_weights
     assert torch.equal(torch.cat([p.flatten() for p in straight.discriminator.parameters()]),
                        torch.cat([p.flatten() for p in resumed.discriminator.parameters()]))
     assert losses == straight_losses
+
+
+@pytest.mark.slow
+def test_midway_reports_at_multiples_of_its_steps_and_leaves_the_training_unchanged():
+    """7 steps an epoch, 2 epochs, a Midway every 3 steps: pauses at 3, 6, 9, 12 (one at the end of
+    the first epoch's own steps is not due); every 7 steps: at the first epoch's end, which does not
+    report by itself. Weights as a run without pauses."""
+    cfg = tiny_config()
+    straight = Trainer(cfg)
+    run_epochs(LocalRun(straight), lambda row, state, grid: None, 2)
+    for every, expected in ((3, [3, 6, 9, 12]), (7, [7])):
+        trainer = Trainer(cfg)
+        run, paused, rows = LocalRun(trainer), [], []
+        midway = Midway(Clock(Interval(steps=every), lambda: run.steps), lambda losses: paused.append(run.steps))
+        run_epochs(run, lambda row, state, grid: rows.append(row), 2, every=2, midway=midway)
+        assert len(trainer.data.train) // 16 == 7 and paused == expected and [r["epoch"] for r in rows] == [2]
+        assert torch.equal(_weights(straight), _weights(trainer))

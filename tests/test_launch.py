@@ -2,6 +2,7 @@
 dir. Each test runs `python -m sweep.launch` as a user would, in a subprocess."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,8 +14,9 @@ from trainable import layout as sweep_state
 from trainable.checkpoint import load_checkpoint
 from sweep.launch import main, rerun_command
 from sweep.spec import load_spec, resolved
-from tests.helpers import (SMOKE, assert_complete, duplicate_steps, iterations, leave_hot_journal,
-                           recorded_a_checkpoint, run_launch, start_launch, trial_dirs, trial_runs, wait_until)
+from tests.helpers import (SMOKE, assert_complete, duplicate_steps, epoch_steps, iterations, leave_hot_journal,
+                           recorded_a_checkpoint, run_launch, start_launch, study_trials, trial_dirs, trial_runs,
+                           wait_until)
 
 
 @pytest.mark.integration
@@ -211,3 +213,70 @@ def test_realism_objective_without_enough_reference_images_is_refused_before_ray
     assert err.startswith("error: objectives: val_artefact cannot be estimated: train.realism_images: "
                           "saturation=0.5 has ") and "fewer than 400" in err
     assert not (tmp_path / "sweeps" / "real").exists()
+
+
+def _results(trial_dir) -> list[dict]:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_reports_counted_in_steps_come_inside_the_first_epoch_and_asha_counts_them(tmp_path):
+    """One epoch of 3 steps, a report every step: 3 reports per trial, ASHA ranks trials on them
+    and stops the bad ones before their only epoch ends. One trial at a time, so which ones it stops
+    does not depend on the machine's speed."""
+    done = run_launch(tmp_path, "--set", "train.epochs=1", "--set", "report_every=1 steps",
+                      "--set", "scheduler.type=asha", "--set", "scheduler.grace_period=1",
+                      "--set", "max_concurrent=1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    results = {trial_dir: _results(trial_dir) for trial_dir in trial_dirs(sweep_dir)}
+    assert len(results) == 4
+    whole = [rows for rows in results.values() if rows[-1]["epoch"] == 1]
+    assert whole and all([(r["training_iteration"], r["epoch"], r.get("epoch_step")) for r in rows]
+                         == [(1, 0, 1), (2, 0, 2), (3, 1, None)] for rows in whole)
+    stopped = [rows for rows in results.values() if rows[-1]["epoch"] == 0]
+    assert stopped and "stopped early (ASHA) at step 1 of epoch 1" in done.stdout
+    for trial_dir in results:                          # Tune's checkpoint holds the place in the epoch
+        state = load_checkpoint(sorted(trial_dir.glob("checkpoint_*"))[-1])
+        assert (state["epoch"], state["epoch_step"]) == (results[trial_dir][-1]["epoch"],
+                                                         results[trial_dir][-1].get("epoch_step", 0))
+    study = {t.user_attrs["tune_trial_id"]: t for t in study_trials(f"sqlite:///{sweep_dir / 'study.db'}")}
+    assert sorted(t.state.name for t in study.values()).count("PRUNED") == len(stopped)
+    assert all(sorted(t.intermediate_values) == list(range(1, len(results[d]) + 1))
+               for d in results for t in [study[_results(d)[0]["trial_id"]]])
+    assert duplicate_steps(tmp_path) == {}
+    for run in trial_runs(tmp_path):                   # MLflow's step is the report's index
+        trial_dir = next(d for d in results if results[d][0]["trial_id"] == run.data.tags["trial_id"])
+        assert epoch_steps(tmp_path, run.info.run_id) == list(range(1, len(results[trial_dir]) + 1))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_trial_killed_after_a_report_inside_its_epoch_resumes_inside_it(tmp_path):
+    """A report every 4 steps of a one-epoch trial; the launcher is SIGKILLed once Tune has recorded
+    a trial checkpoint; the same command finishes. The report after a resume comes 4 steps after
+    the restored one: the trial went on inside its epoch (restarting the epoch would report step 4
+    again under a later report index)."""
+    extra = ("--set", "train.epochs=1", "--set", "report_every=4 steps", "--set", "data.synthetic_size=400",
+             "--set", "num_samples=2", "--set", "max_concurrent=1")
+    process = start_launch(tmp_path, *extra)
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    assert wait_until(lambda: recorded_a_checkpoint(sweep_dir), process), (tmp_path / "first_run.log").read_text()
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {d.name: _results(d) for d in trial_dirs(sweep_dir) if (d / "result.json").exists()}
+    inside = [rows for rows in before.values() if rows and rows[-1]["epoch"] == 0]
+    assert inside, before                                  # a trial was killed inside its epoch
+    done = run_launch(tmp_path, *extra)
+    assert done.returncode == 0 and "resuming smoke" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    went_on = []
+    for trial_dir in trial_dirs(sweep_dir):
+        rows = _results(trial_dir)
+        assert rows[-1]["epoch"] == 1
+        for row in rows[:-1]:                               # every report at 4 × its index, also after a resume
+            assert (row["epoch"], row["epoch_step"]) == (0, 4 * row["training_iteration"]), rows
+        if before.get(trial_dir.name) and before[trial_dir.name][-1]["epoch"] == 0:
+            went_on.append(rows[len(before[trial_dir.name])]["training_iteration"] > 1)
+    assert any(went_on), before                             # not started again at its first report

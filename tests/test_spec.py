@@ -75,6 +75,9 @@ def test_durations(text, seconds):
     ({"time_budget": "soon"}, "time_budget:"),
     ({"config": {"model": {"widht": 1}}}, "config.model.widht:"),
     ({"num_samples": 0}, "num_samples:"),
+    ({"report_every": 0}, "report_every:"),
+    ({"report_every": "10m"}, "report_every:"),
+    ({"report_every": "20 steps", "pack": 2}, "report_every:"),
 ])
 def test_bad_specs_name_the_key(changes, key):
     with pytest.raises(SpecError) as info:

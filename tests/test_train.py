@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -10,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import TINY, tiny_config
+from tests.helpers import ROOT, TINY, tiny_config, wait_until
 from trainable.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainable.config import load_config, to_dict
 from trainable.engine import Trainer
@@ -45,7 +46,8 @@ def test_set_overrides_win_over_seed_flags():
 @pytest.mark.parametrize("flags, key", [(["--set", "model.widht=1"], "model.widht"),
                                         (["--set", "loss.hue.target=1.5"], "loss.hue.target"),
                                         (["--desired-saturation", "2"], "loss.saturation.target"),
-                                        (["--set", "train.epochs=many"], "train.epochs")])
+                                        (["--set", "train.epochs=many"], "train.epochs"),
+                                        (["--set", "train.checkpoint_every=soon"], "train.checkpoint_every")])
 def test_bad_config_is_one_line_naming_the_key(flags, key, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(flags)
@@ -153,3 +155,63 @@ def test_checkpoint_of_another_config_is_bad_input_exit_2(tmp_path, capsys):
     line = one_error_line(capsys)
     assert code == 2 and "another config" in line and "model.width" in line, line
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+# `python -m trainable.train` with every batch's fingerprint appended to $BATCH_LOG before its step
+RECORDING_TRAIN = """
+import hashlib, os, runpy
+from trainable import steps
+step = steps.EagerStep.step
+def recorded(self, batch, *args):
+    with open(os.environ["BATCH_LOG"], "a") as log:
+        log.write(hashlib.sha1(batch.numpy().tobytes()).hexdigest() + "\\n")
+    return step(self, batch, *args)
+steps.EagerStep.step = recorded
+runpy.run_module("trainable.train", run_name="__main__")
+"""
+MID_EPOCH = ["data.synthetic_size=640", "train.epochs=2", "train.checkpoint_every=5", "train.precision=fp32"]
+
+
+def _recording_train(folder, log, **kwargs) -> subprocess.Popen:
+    command = [sys.executable, "-c", RECORDING_TRAIN, *[f"--set={o}" for o in [*TINY, *MID_EPOCH]],
+               "--checkpoints-path", str(folder), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BATCH_LOG": str(log)}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _in_second_epoch(folder) -> bool:
+    """A mid-epoch checkpoint of the second epoch is on disk (latest.pt is renamed into place whole)."""
+    path = folder / "checkpoint" / "latest.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return False
+    return state["epoch"] == 1 and state["epoch_step"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_the_same_command_ends_with_identical_weights(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = _recording_train(straight, tmp_path / "straight.log")
+    assert done.wait(timeout=600) == 0, done.stdout.read()
+    first = _recording_train(killed, tmp_path / "first.log")
+    assert wait_until(lambda: _in_second_epoch(killed), first), first.stdout.read()
+    first.kill()                                              # SIGKILL, mid-epoch
+    first.wait()
+    saved = load_checkpoint(killed / "checkpoint")
+    assert saved["epoch"] == 1 and saved["epoch_step"] > 0     # the kill came before the epoch ended
+    again = _recording_train(killed, tmp_path / "again.log")
+    assert again.wait(timeout=600) == 0, again.stdout.read()
+    batches = (tmp_path / "straight.log").read_text().split()
+    per_epoch = len(batches) // 2
+    resumed_at = per_epoch * saved["epoch"] + saved["epoch_step"]
+    before_kill = (tmp_path / "first.log").read_text().split()[:resumed_at]
+    assert len(before_kill) == resumed_at and len(batches) == 2 * per_epoch
+    assert before_kill + (tmp_path / "again.log").read_text().split() == batches   # same batches, same order
+    assert f"step {saved['epoch_step']} of epoch 2" in again.stdout.read()
+    a, b = load_checkpoint(straight / "checkpoint"), load_checkpoint(killed / "checkpoint")
+    assert a["step"] == b["step"] == len(batches) and a["epoch_step"] == b["epoch_step"] == 0
+    for part in ("generator", "discriminator"):
+        assert all(torch.equal(a[part][key], b[part][key]) for key in a[part]), part
+    assert all(torch.equal(x, y) for x, y in zip(a["opt_g"]["state"][0].values(), b["opt_g"]["state"][0].values()))

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from trainable.interval import parse_interval
 
 CONTROL_NAMES = ("saturation", "value", "hue", "red", "green", "blue", "colorfulness")
 DATASETS = ("cifar10", "npz", "folder", "synthetic", "shards")
@@ -130,6 +133,8 @@ class TrainConfig:
     kid_every: int = 0            # val_kid_controlled every N epochs and at the last; 0 = off (trainable.realism)
     kid_input_size: int = 128     # Inception input side for val_kid_controlled; 299 = FID's own
     realism_images: int = 50      # natural reference images per target (val_kid_controlled, val_artefact)
+    # a mid-epoch checkpoint every N steps, '500 steps', or a duration ('10m', '90s'); 0 = at epoch ends only
+    checkpoint_every: int | str = 0
 
 
 @dataclass(frozen=True)
@@ -184,8 +189,16 @@ def _validate(cfg: Config) -> None:
            f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     _check("train.precision", t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")
     _check("train.threads", t.threads >= 0, "must be >= 0")
+    _check_interval("train.checkpoint_every", t.checkpoint_every)
     for key in ("cuda_graph", "fused_adam", "channels_last"):
         _check(f"train.{key}", getattr(t, key) in SWITCHES, f"must be one of {', '.join(SWITCHES)}")
+
+
+def _check_interval(key: str, value: int | str) -> None:
+    try:
+        parse_interval(value, ("steps",), durations=True)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def _validate_adjusted(cfg: Config) -> None:
@@ -233,6 +246,12 @@ def _coerce(key: str, value: object, kind: type) -> object:
 
     Numeric strings such as '1e-4' are accepted for numbers: PyYAML reads them as strings.
     """
+    if isinstance(kind, types.UnionType):         # int | str: the first arm that takes the value
+        for arm in typing.get_args(kind):
+            if isinstance(value, arm) and not isinstance(value, bool):
+                return value
+        names = " or ".join(arm.__name__ for arm in typing.get_args(kind))
+        raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
     if typing.get_origin(kind) is tuple:          # a YAML list; None or '' = empty
         if value is None or value == "" or isinstance(value, (list, tuple)):
             return tuple(_coerce(f"{key}[{i}]", v, typing.get_args(kind)[0]) for i, v in enumerate(value or ()))

@@ -29,7 +29,7 @@ STATE_FORMAT = "colorsweep-trainer"
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.threads", "train.eval_batch_size",
                      "train.precision", "train.cuda_graph", "train.fused_adam", "train.channels_last",
                      "data.path", "data.download", "data.loader_workers", "train.fid_every", "train.kid_every",
-                     "train.kid_input_size", "train.realism_images")
+                     "train.kid_input_size", "train.realism_images", "train.checkpoint_every")
 # Building the nets draws from torch's global CPU generator; Trainers built at once in several
 # threads (the pack server) take turns, so each gets the weights of its own seed.
 _INIT_LOCK = threading.Lock()

@@ -7,10 +7,14 @@
   `LocalRun` here, a packed trial's `PackedRun` (sweep/ray_adapter.py). A sink is called with
   (row, state, grid), row = {"epoch", the last epoch's losses, the metrics}: `FolderSink` here
   (MLflow through its on_report), Tune's in sweep/ray_adapter.py. Callers differ only in these two.
+  A `Midway` pauses inside epochs when its clock is due (train.checkpoint_every's checkpoints, a
+  sweep's reports every N steps): the epoch stops through train_epoch's `stop`, the Midway acts,
+  and the same epoch goes on at the next step.
 - `run_training(cfg, directory)` is a training folder: it resumes from `checkpoint/` and reports to
   `FolderSink`, which appends a line to `metrics.jsonl` and then writes the checkpoint. A crash
   between the two leaves a metrics line newer than the checkpoint; on resume such lines are dropped
-  (rewritten atomically) and the epoch runs again, so the file never holds an epoch twice.
+  (rewritten atomically) and the epoch runs again, so the file never holds an epoch twice. A
+  mid-epoch checkpoint writes no line: a resume goes on at its next step.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from trainable.config import Config, to_dict
 from trainable.engine import Trainer, setup_process
 from trainable.files import write_text_atomic
 from trainable.graphs import GraphedTrainer
+from trainable.interval import Clock, parse_interval
 from trainable.layout import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE
 from trainable.packed import PackedTrainer
 from trainable.steps import EagerStep, StepGroup
@@ -110,34 +115,101 @@ class LocalRun:
 
     def __init__(self, trainer: Trainer):
         self.trainer, self.group = trainer, None
+        self.done = trainer.epoch_step         # steps done of the epoch in progress
 
     @property
     def epoch(self) -> int:
         return self.trainer.epoch
 
+    @property
+    def steps(self) -> int:
+        """Steps trained in all: the finished epochs' and those of the epoch in progress."""
+        return self.trainer.step + self.done
+
     def advance(self, progress: StepProgress | None = None,
                 stop: Callable[[], bool] | None = None) -> dict[str, float]:
         self.group = self.group or steps_for([self.trainer])
-        return train_epoch(self.group, progress, stop)[0]
+
+        def seen(done: int, total: int) -> None:
+            self.done = done
+            if progress is not None:
+                progress(done, total)
+        self.done = self.trainer.epoch_step
+        losses = train_epoch(self.group, seen, stop)[0]
+        self.done = 0
+        return losses
+
+    def partial_losses(self) -> dict[str, float]:
+        """The mean losses of the epoch in progress so far (after an Interrupted)."""
+        return {key: value / self.trainer.epoch_step for key, value in self.trainer.epoch_sums.items()}
 
     def report(self) -> Report:
         return report_of(self.trainer)
 
 
+class Midway:
+    """A pause inside an epoch: when `clock` is due after a step, the epoch stops (Interrupted),
+    `act(losses so far)` runs (a checkpoint, a report), and the same epoch goes on at the next step:
+    the trainer's position (epoch_step, epoch_rng) redraws the same plan (trainable.source's contract)."""
+
+    def __init__(self, clock: Clock, act: Callable[[dict[str, float]], None]):
+        self.clock, self.act = clock, act
+
+    def __call__(self, losses: dict[str, float]) -> None:
+        self.act(losses)
+        self.clock.reset()
+
+
+def _advance(run, progress: StepProgress | None, stop: Callable[[], bool] | None,
+             midway: Midway | None) -> dict[str, float]:
+    """One epoch of `run`, paused by `midway` when due; `stop`'s Interrupted leaves here."""
+    if midway is None:
+        return run.advance(progress, stop)
+    while True:
+        stopped = []
+
+        def asked() -> bool:
+            if stop is not None and stop():
+                stopped.append(True)
+                return True
+            return midway.clock.due()
+        try:
+            return run.advance(progress, asked)
+        except Interrupted:
+            if stopped:
+                raise
+            midway(run.partial_losses())
+
+
 def run_epochs(run, sink: Callable[[dict, dict, np.ndarray], None], epochs: int, every: int = 1,
-               progress: StepProgress | None = None, stop: Callable[[], bool] | None = None) -> None:
+               progress: StepProgress | None = None, stop: Callable[[], bool] | None = None,
+               midway: Midway | None = None) -> None:
     """Train `run` up to `epochs`, reporting after every `every`-th epoch and the last. A run
     restored at its last epoch still reports once: Tune marks a trial done only on a report.
-    `stop` goes to each epoch (train_epoch), whose Interrupted leaves here."""
+    `stop` goes to each epoch (train_epoch), whose Interrupted leaves here; `midway` pauses inside
+    epochs (and at the end of one that does not report) when its clock is due."""
     losses: dict[str, float] = {}
     reported = False
     while run.epoch < epochs or not reported:
         target = min(epochs, (run.epoch // every + 1) * every)
         while run.epoch < target:
-            losses = run.advance(progress, stop)
+            losses = _advance(run, progress, stop, midway)
+            if midway is not None and run.epoch < target and midway.clock.due():   # due at the epoch's last step
+                midway(losses)
         reported = True
         metrics, state, grid = run.report()
         sink({"epoch": run.epoch, **losses, **metrics}, state, grid)
+        if midway is not None:
+            midway.clock.reset()
+
+
+def report_midway(run: LocalRun, sink: Callable[[dict, dict, np.ndarray], None]) -> Callable[[dict], None]:
+    """A Midway action that reports to `sink` inside an epoch: the row says the epochs finished and
+    the steps done of the next (`epoch_step`), the losses so far, and the validation metrics."""
+    def act(losses: dict[str, float]) -> None:
+        metrics, state, grid = run.report()
+        sink({"epoch": run.epoch, "epoch_step": run.trainer.epoch_step, **losses, **metrics}, state, grid)
+    return act
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -186,8 +258,19 @@ def resume(trainer: Trainer, directory: Path) -> None:
     state = load_checkpoint(directory / CHECKPOINT_DIR)
     if state is not None:
         trainer.load_state_dict(state)
-        print(f"resumed from {directory / CHECKPOINT_DIR} at epoch {trainer.epoch}")
+        inside = f", step {trainer.epoch_step} of epoch {trainer.epoch + 1}" if trainer.epoch_step else ""
+        print(f"resumed from {directory / CHECKPOINT_DIR} at epoch {trainer.epoch}{inside}")
     _trim_metrics(directory / METRICS_FILE, trainer.epoch)
+
+
+def checkpoints(run: LocalRun, folder: Path) -> Midway | None:
+    """train.checkpoint_every as a Midway that saves the trainer, its place in the epoch included,
+    to `folder`; None when it is 0 (checkpoints at reports only)."""
+    interval = parse_interval(run.trainer.cfg.train.checkpoint_every, ("steps",), durations=True)
+    if not interval:
+        return None
+    return Midway(Clock(interval, lambda: run.steps),
+                  lambda losses: save_checkpoint(folder, run.trainer.state_dict()))
 
 
 def run_training(cfg: Config, directory: str | Path, progress: bool = True,
@@ -209,11 +292,12 @@ def run_training(cfg: Config, directory: str | Path, progress: bool = True,
         task = bar.add_task("train", total=None, epoch=trainer.epoch + 1)
 
         def show(done: int, total: int) -> None:
-            if done == 1:                  # a new epoch: a fresh time estimate
+            if done == 1 or bar.tasks[task].total is None:   # a new (or resumed) epoch: a fresh estimate
                 bar.reset(task, total=total, epoch=trainer.epoch + 1)
             bar.update(task, completed=done)
         callback = (lambda row: on_report(trainer, row)) if on_report is not None else None
         sink = FolderSink(directory, cfg.train.epochs, bar.console, callback)
-        run_epochs(LocalRun(trainer), sink, cfg.train.epochs, progress=show)
+        run = LocalRun(trainer)
+        run_epochs(run, sink, cfg.train.epochs, progress=show, midway=checkpoints(run, directory / CHECKPOINT_DIR))
     print(f"done: {trainer.epoch} epochs; checkpoint, config.yaml and metrics.jsonl in {directory}")
     return trainer

@@ -7,7 +7,9 @@ The seed project's own flags are accepted verbatim (`--seed 100 --dataset cifar1
 --lr-decay-steps 1e4 --augment True --desired-saturation 1 --saturation-weight 20 …`). Precedence:
 defaults < CONFIG < seed flags < --set. The checkpoint folder holds `checkpoint/latest.pt` (plus
 `previous.pt`), `config.yaml` and `metrics.jsonl`; running the same command again resumes, and a
-larger `--epochs` continues from the last finished epoch.
+larger `--epochs` continues from the last finished epoch. `--set train.checkpoint_every=500` (steps)
+or `=10m` also checkpoints inside epochs, so a kill loses at most that much: the same command goes on
+at the next batch.
 Exit status: 0 trained (or trained already), 2 bad config, flags, data or checkpoint folder (one
 line, before anything is written), 130 interrupted by Ctrl+C (the same command resumes).
 """
@@ -104,8 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume from the last finished epoch",
-              file=sys.stderr)
+        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
     return 0
 
