@@ -32,7 +32,20 @@ def resolve_tracking_uri(uri: str | None) -> str:
         uri = SQLITE + str(Path(uri[len(SQLITE):]).resolve())
     elif "://" not in uri:
         uri = str(Path(uri).resolve())
+    elif uri.startswith("postgresql://"):   # as a provider writes it; SQLAlchemy's default driver is not installed
+        uri = "postgresql+psycopg://" + uri[len("postgresql://"):]
     return uri
+
+
+def without_password(uri: str) -> str:
+    """The URI for files and messages: a database password shown as ***."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    try:
+        parsed = make_url(uri)
+    except ArgumentError:        # a plain folder
+        return uri
+    return parsed.render_as_string(hide_password=True) if parsed.password else uri
 
 
 def sqlite_file(uri: str) -> Path | None:
