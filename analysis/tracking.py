@@ -2,10 +2,11 @@
 models' runs. Where runs are found and how they are read back is `analysis.mlflow_runs`.
 
 A sweep is one experiment (tagged as model training, so MLflow 3 opens its runs view) holding a
-parent run, one child run per trial and the final run (tags in `analysis.mlflow_runs`). Only the
-driver writes (one writer: no sqlite locking). Writes go in batches of MLflow's limit and skip
-steps a run already holds, so a resumed sweep or final run finds its run again (by tag or id) and
-logs each epoch once. MlflowClient with explicit run ids, no fluent active run. Nothing here knows
+parent run, one child run per study trial and the final run (tags in `analysis.mlflow_runs`). Only
+drivers write (one per machine; several launchers of one sweep share a database store or an
+`mlflow server`, each writing the runs of the trials it holds). Writes go in batches of MLflow's
+limit and skip steps a run already holds, so a resumed sweep, a trial taken over by another
+launcher, or a final run finds its run again (by tag or id) and logs each epoch once. MlflowClient with explicit run ids, no fluent active run. Nothing here knows
 Ray.
 """
 from __future__ import annotations
@@ -84,7 +85,14 @@ def log_file(client: MlflowClient, run_id: str, path: str | os.PathLike, artifac
 def experiment_id(client: MlflowClient, name: str) -> str:
     """Find or create the experiment; either way it is marked as a model-training experiment."""
     found = client.get_experiment_by_name(name)
-    found_id = found.experiment_id if found else client.create_experiment(name, tags={KIND_TAG: KIND})
+    if found is None:
+        try:
+            return client.create_experiment(name, tags={KIND_TAG: KIND})
+        except MlflowException as err:     # another launcher of the sweep made it first
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            found = client.get_experiment_by_name(name)
+    found_id = found.experiment_id
     if found and KIND_TAG not in found.tags:      # a sweep started before the tag existed
         client.set_experiment_tag(found_id, KIND_TAG, KIND)
     return found_id

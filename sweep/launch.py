@@ -336,7 +336,9 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     display = SweepDisplay(spec, start=pace)
     ended = OutcomeCallback(spec)
     callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display), ended]
-    tuner, searcher, restored = build_tuner(spec, sweep_dir, cluster, callbacks, study_url, str(sweep_dir))
+    # joined launchers (one folder each under the sweep's) draw their own random startup trials
+    salt = sweep_dir.name if is_remote(study_url) else ""
+    tuner, searcher, restored = build_tuner(spec, sweep_dir, cluster, callbacks, study_url, str(sweep_dir), salt)
     if restored:
         print(f"resuming {spec.name} from {sweep_dir}")
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do

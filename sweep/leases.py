@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from analysis.store import creation_lock
 from sweep.study import database_url, engine_kwargs, shown
 
 METADATA = sa.MetaData()
@@ -51,7 +52,8 @@ class Lease:
 
 def _engine(url: str) -> sa.engine.Engine:
     engine = sa.create_engine(database_url(url), **engine_kwargs(url))
-    METADATA.create_all(engine)       # checkfirst: each table only when missing
+    with creation_lock(database_url(url)):
+        METADATA.create_all(engine)       # checkfirst: each table only when missing
     return engine
 
 

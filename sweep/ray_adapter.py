@@ -11,12 +11,14 @@ live in the pack server (sweep/pack_server.py), which it asks for epochs and rep
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +54,12 @@ def _optuna_distribution(dist):
     return optuna.distributions.FloatDistribution(dist.low, dist.high, log=dist.log)
 
 
-def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: SweepSpec, salt: str = "") -> optuna.samplers.BaseSampler:
+    """The spec's sampler. Launchers joining one study each give a `salt` (their name): with the
+    same seed they would draw the same random startup trials, one after the other."""
     samplers = optuna.samplers
+    if salt and spec.seed is not None:
+        spec = dataclasses.replace(spec, seed=(spec.seed + zlib.crc32(salt.encode())) % 2**32)
     if spec.sampler == "grid":
         grid = {key: list(d.values) for key, d in spec.space.items()}
         return samplers.GridSampler(grid, seed=spec.seed)
@@ -120,11 +126,11 @@ class StudySearcher(Searcher):
     WAIT_S = 1.0     # while waiting on other launchers, how often Tune's asks look at the database
 
     def __init__(self, spec: SweepSpec, url: str, scheduler: EarlyStopRecorder | None,
-                 launcher: str, sweep_dir: Path):
+                 launcher: str, sweep_dir: Path, salt: str = ""):
         first = spec.objectives[0]
         super().__init__(metric=first.metric, mode=first.mode)
         self.spec, self.url, self.scheduler = spec, url, scheduler
-        self.launcher, self.sweep_dir = launcher, str(sweep_dir)
+        self.launcher, self.sweep_dir, self.salt = launcher, str(sweep_dir), salt
         self.space = {key: _optuna_distribution(d) for key, d in spec.space.items()}
         self.trials: dict[str, int] = {}       # Tune trial id -> Optuna's storage trial id
         self.offsets: dict[str, int] = {}      # Tune trial id -> reports its holder made before a takeover
@@ -137,10 +143,14 @@ class StudySearcher(Searcher):
         database engine) and without the URL's password; `build_tuner` gives a restored one its URL."""
         return {**self.__dict__, "url": shown(self.url), "_study": None, "_leases": None, "_waited": 0.0}
 
+    def __setstate__(self, state: dict) -> None:
+        """Searchers pickled before leases existed lack their fields (`build_tuner` sets the rest)."""
+        self.__dict__.update({"offsets": {}, "salt": "", "_study": None, "_leases": None, "_waited": 0.0, **state})
+
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            self._study = open_study(self.url, self.spec, build_sampler(self.spec))
+            self._study = open_study(self.url, self.spec, build_sampler(self.spec, self.salt))
             self._leases = Leases(self.url, self.launcher, self.sweep_dir, self.spec.lease_s)
             self._leases.keep_alive()
         return self._study
@@ -399,8 +409,8 @@ def trainable_for(spec: SweepSpec, cluster: dict[str, float], sweep_dir: Path):
     return tune.with_resources(trial, resources)
 
 
-def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list,
-                study_url: str, launcher: str) -> tuple[tune.Tuner, StudySearcher, bool]:
+def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list, study_url: str,
+                launcher: str, salt: str) -> tuple[tune.Tuner, StudySearcher, bool]:
     """(the sweep's Tuner, its searcher, whether it was restored): restored from `sweep_dir` when
     Tune saved one there, else new. A restored Tuner gets this run's callbacks, not the ones pickled
     at the start; its searcher goes on with the study at `study_url` (the resume check made sure it
@@ -414,10 +424,11 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list
         tuner._local_tuner.get_run_config().callbacks = callbacks
         searcher = tuner._local_tuner._tune_config.search_alg
         searcher.url = study_url     # pickled without its password
+        searcher.launcher, searcher.sweep_dir = launcher, str(sweep_dir)
         _bind(callbacks, searcher)
         return tuner, searcher, True
     scheduler = build_scheduler(spec)
-    searcher = StudySearcher(spec, study_url, scheduler, launcher, sweep_dir)
+    searcher = StudySearcher(spec, study_url, scheduler, launcher, sweep_dir, salt)
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                   num_samples=-1, max_concurrent_trials=spec.max_concurrent)
     run_config = tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,

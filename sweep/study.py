@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from analysis.store import creation_lock
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, resolved
 from trainable.layout import STUDY_DB
 
@@ -116,8 +118,9 @@ def is_remote(url: str) -> bool:
 
 
 def _storage(url: str, create: bool) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(database_url(url), engine_kwargs=engine_kwargs(url),
-                                      skip_table_creation=not create)
+    with creation_lock(database_url(url)) if create else nullcontext():   # launchers starting together
+        return optuna.storages.RDBStorage(database_url(url), engine_kwargs=engine_kwargs(url),
+                                          skip_table_creation=not create)
 
 
 def _saved_spec(url: str, name: str) -> dict | None:
