@@ -172,9 +172,11 @@ class SweepTracker:
         if trial_id in self._runs:
             return self._runs[trial_id]
         key, value = (TRIAL_ID, trial_id) if study_trial is None else (STUDY_TRIAL, str(study_trial))
-        found = self._trial_runs(f" and tags.`{key}` = '{value}'")
+        found = self._trial_runs(f" and tags.`{key}` = '{value}'") or \
+            self._trial_runs(f" and tags.`{TRIAL_ID}` = '{trial_id}'")     # logged before study trial tags
         if found:
             run_id = found[0].info.run_id
+            self.client.set_tag(run_id, key, value)
             self._last_step[trial_id] = max(logged_steps(self.client, run_id), default=-1)
             self.client.update_run(run_id, status="RUNNING")
         else:
