@@ -329,6 +329,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         except Exception as err:  # an estimate is a courtesy: the trials report their own errors
             print(f"the trials train on the CPU (could not time a step here: {err})", flush=True)
     del images
+    sweep_dir.mkdir(parents=True, exist_ok=True)      # the default study.db is opened there next
     tracker, record = _open_tracking(spec, old, args.mlflow_uri, study_url)
     sweep_state.write_spec(sweep_dir, resolved(spec))
     record = dataclasses.replace(record, study_storage=_study_record(args))

@@ -59,10 +59,11 @@ def _engine(url: str) -> sa.engine.Engine:
 
 class Leases:
     """The leases of one launcher (`launcher`, whose Tune trials are in `folder`) on a study's
-    database; `lease_s` without a heartbeat and a trial may be taken by another launcher."""
+    database; `lease_s` without a heartbeat and a trial may be taken by another launcher. `shared`:
+    other launchers may join this study (a database server's)."""
 
-    def __init__(self, url: str, launcher: str, folder: str, lease_s: float):
-        self.launcher, self.folder, self.lease_s = launcher, folder, lease_s
+    def __init__(self, url: str, launcher: str, folder: str, lease_s: float, shared: bool = True):
+        self.launcher, self.folder, self.lease_s, self.shared = launcher, folder, lease_s, shared
         self.engine = _engine(url)
         self._beating: threading.Event | None = None
 
@@ -95,10 +96,11 @@ class Leases:
     def lapsed(self, lease: Lease | None, started: float | None) -> bool:
         """Whether a RUNNING trial may be taken: its holder is this launcher (an earlier run of it,
         killed), or its heartbeat is older than the lease; one with no lease row (its launcher died
-        between the ask and the lease) once it started longer ago than the lease."""
+        between the ask and the lease) at once when the study is not `shared` (the only launcher
+        is this one), else once it started longer ago than the lease."""
         cutoff = time.time() - self.lease_s
         if lease is None:
-            return started is not None and started < cutoff
+            return not self.shared or (started is not None and started < cutoff)
         return lease.launcher == self.launcher or lease.heartbeat < cutoff
 
     def claim(self, trial_id: int, lease: Lease | None, tune_trial_id: str) -> bool:

@@ -151,7 +151,10 @@ class StudySearcher(Searcher):
     def study(self) -> optuna.Study:
         if self._study is None:
             self._study = open_study(self.url, self.spec, build_sampler(self.spec, self.salt))
-            self._leases = Leases(self.url, self.launcher, self.sweep_dir, self.spec.lease_s)
+            asked = len(self._study.get_trials(deepcopy=False))
+            if asked:     # a relaunch: a sampler seeded as at the start would draw the first params again
+                self._study.sampler = build_sampler(self.spec, f"{self.salt}#{asked}")
+            self._leases = Leases(self.url, self.launcher, self.sweep_dir, self.spec.lease_s, shared=bool(self.salt))
             self._leases.keep_alive()
         return self._study
 
@@ -187,6 +190,7 @@ class StudySearcher(Searcher):
             started = trial.datetime_start.timestamp() if trial.datetime_start else None
             if self._leases.lapsed(lease, started) and self._leases.claim(trial._trial_id, lease, trial_id):
                 self.trials[trial_id] = trial._trial_id
+                self._fill_params(trial)
                 resumed = None if lease is None else self._copy_checkpoint(lease, trial_id)
                 if lease is not None and lease.launcher != self.launcher:
                     where = f"resumed at epoch {resumed}" if resumed else "started again (no checkpoint here)"
@@ -194,6 +198,14 @@ class StudySearcher(Searcher):
                           f"(lease lapsed): {where}", flush=True)
                 return trial.number
         return None
+
+    def _fill_params(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """A launcher killed inside `ask` leaves a RUNNING trial without (all) its params: the
+        sampler draws the missing ones now, as that ask would have."""
+        missing = {name: dist for name, dist in self.space.items() if name not in frozen.params}
+        trial = optuna.trial.Trial(self.study, frozen._trial_id)
+        for name, distribution in missing.items():
+            trial._suggest(name, distribution)
 
     def _copy_checkpoint(self, lease: Lease, trial_id: str) -> int | None:
         """The two newest checkpoints the lapsed holder saved (in its sweep folder, when this machine

@@ -54,7 +54,10 @@ def _check_leases(url: str) -> None:
     assert _race(url, 7, 4) in (["l0"], ["l1"], ["l2"], ["l3"])
     winner = other.held([7])[7]
     assert winner.generation == 1 and first.beat(7) == 0    # the old holder's beats no longer count
-    assert not other.lapsed(None, started=None)
+    assert not other.lapsed(None, started=None)       # shared: a fresh ask may not hold its lease yet
+    alone = Leases(url, "c", "/sweeps/c", LEASE_S, shared=False)
+    assert alone.lapsed(None, started=None)    # the only launcher: a trial a kill left without a lease, at once
+    alone.close()
     assert len(_race(url, 8, 4)) == 1          # no lease row at all (killed between ask and lease)
     first.release(7)
     assert 7 in other.held([7])                # only the holder releases

@@ -148,7 +148,8 @@ def test_searcher_tells_each_ending_once_and_hands_out_asks_lost_at_a_kill(tmp_p
     COMPLETE, one ASHA stopped PRUNED with its report, one stopped by Ctrl+C stays RUNNING; a second
     ending is ignored; after a restore from an older save, the trial asked since (its lease is this
     launcher's) is handed to the next trial Tune asks for at once, with its params, instead of a
-    new ask; with num_samples asked it waits while some run, and says FINISHED once all ended."""
+    new ask, and one a kill left without params gets them; with num_samples asked it waits while
+    some run, and says FINISHED once all ended."""
     from sweep.ray_adapter import StudySearcher, build_scheduler
     spec = _smoke("scheduler.type=asha", "train.epochs=2", "report_every=1", "num_samples=5")
     url, scheduler = f"sqlite:///{tmp_path / 'study.db'}", build_scheduler(spec)
@@ -171,12 +172,16 @@ def test_searcher_tells_each_ending_once_and_hands_out_asks_lost_at_a_kill(tmp_p
     assert trials["pruned"].state.name == "PRUNED" and trials["pruned"].intermediate_values == {1: 0.5}
     assert trials["stopped"].state.name == "RUNNING" and trials["lost"].state.name == "RUNNING"
 
+    optuna.load_study(study_name="smoke", storage=url).ask()     # a kill inside ask: no params yet
+
     restored = StudySearcher(spec, url, build_scheduler(spec), "here", tmp_path)
     restored.restore(str(tmp_path / "searcher.json"))
     assert restored.suggest("next") == lost
-    after = {t.user_attrs["tune_trial_id"]: t.number for t in study_trials(url)}
-    assert len(after) == 4 and after["next"] == trials["lost"].number and "lost" not in after
-    assert restored.suggest("new") != lost and len(study_trials(url)) == 5
+    after = {t.user_attrs.get("tune_trial_id"): t.number for t in study_trials(url)}
+    assert len(after) == 5 and after["next"] == trials["lost"].number and "lost" not in after
+    filled = restored.suggest("new")        # the one left without params gets them now
+    assert filled != lost and len(study_trials(url)) == 5
+    assert sorted(study_trials(url)[4].params) == sorted(spec.space) and study_trials(url)[4].user_attrs["tune_trial_id"] == "new"
     restored.WAIT_S = 0.0
     assert restored.suggest("more") is None        # num_samples asked, three still running: wait
     for trial_id in ("stopped", "next", "new"):
