@@ -212,7 +212,7 @@ class StudySearcher(Searcher):
         can read it) copied to `interrupted/<trial_id>` of this sweep as latest.pt and previous.pt
         (a kill during Tune's copy can leave the newest torn: `load_checkpoint` then takes the
         other); the reports made by the newest become this trial's offset → its epoch, or None."""
-        found = lapsed_checkpoints(Path(lease.folder), lease.tune_trial_id)
+        found = lapsed_checkpoints(Path(lease.folder), lease.tune_trial_id, self.spec.report_every)
         if not found:
             return None
         target = Path(self.sweep_dir) / INTERRUPTED_DIR / trial_id
@@ -286,10 +286,12 @@ class StudySearcher(Searcher):
         self._study = None
 
 
-def lapsed_checkpoints(folder: Path, tune_trial_id: str) -> list[tuple[Path, int, int]]:
+def lapsed_checkpoints(folder: Path, tune_trial_id: str, report_every: int) -> list[tuple[Path, int, int]]:
     """The checkpoints of Tune trial `tune_trial_id` in another launcher's sweep folder, newest first
     → (its folder, its epoch, the reports the trial had made by then); none when that folder is not
-    on this machine or the trial never saved one."""
+    on this machine or the trial never saved one. The reports come from Tune's result.json, or, when
+    the holder died before its driver wrote that report there, from the epoch (one report every
+    `report_every` epochs, each with its checkpoint)."""
     found = []
     for trial_dir in folder.glob(f"*_{tune_trial_id}_*"):
         reports = _reports(trial_dir)
@@ -299,7 +301,7 @@ def lapsed_checkpoints(folder: Path, tune_trial_id: str) -> list[tuple[Path, int
             except (OSError, ValueError, KeyError):
                 continue
             if (checkpoint / LATEST).exists():
-                found.append((checkpoint, epoch, reports.get(checkpoint.name, 0)))
+                found.append((checkpoint, epoch, reports.get(checkpoint.name, math.ceil(epoch / report_every))))
     return sorted(found, key=lambda f: (f[1], f[2]), reverse=True)
 
 
