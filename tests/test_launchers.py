@@ -114,7 +114,7 @@ def test_a_killed_launchers_trial_is_taken_over_and_resumed(tmp_path, postgres_u
     """Launcher a is SIGKILLed (its whole process group) once its trial has reported; launcher b,
     started then, takes that trial over when its 5 s lease lapses, resumes it from a's checkpoint in
     the shared folder, and the study ends with both trials COMPLETE; the taken-over trial's MLflow
-    run holds each epoch once."""
+    run holds each epoch at most once, up to the last."""
     shared, sets = tmp_path / "shared", ("num_samples=2", "train.epochs=3", "lease=5s")
     first = _start(tmp_path, _command(shared, postgres_url, mlflow_postgres_url, "a", *sets), "a")
     reported = wait_until(lambda: _reported(postgres_url, shared / "smoke" / "a"), first)
@@ -129,9 +129,13 @@ def test_a_killed_launchers_trial_is_taken_over_and_resumed(tmp_path, postgres_u
     assert "resumed at epoch" in log and "started again" not in log
     trials = optuna.load_study(study_name="smoke", storage=postgres_url).trials
     assert len(trials) == 2 and {t.state.name for t in trials} == {"COMPLETE"}, trials
-    assert sorted(trials[killed[0].number].intermediate_values) == [1, 2, 3]
+    # a report whose checkpoint a's trial saved but whose metrics a's driver died before taking is
+    # a gap at that step, never a repeat; the steps go on from the checkpoint's
+    steps = sorted(trials[killed[0].number].intermediate_values)
+    assert steps[0] == 1 and steps[-1] == 3, steps
     runs = _trial_runs(mlflow_postgres_url)
-    assert len(runs) == 2 and _steps(mlflow_postgres_url, runs[str(killed[0].number)]) == [1, 2, 3]
+    logged = _steps(mlflow_postgres_url, runs[str(killed[0].number)])
+    assert len(runs) == 2 and logged == sorted(set(logged)) and logged[0] == 1 and logged[-1] == 3, logged
     _one_parent(mlflow_postgres_url)
 
 
