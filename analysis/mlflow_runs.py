@@ -18,8 +18,9 @@ from analysis.sweep_table import Sweep, SweepError, mark_early_stopped, varying_
 
 ROLE = "colorsweep.role"              # sweep | trial | final | registered
 TRIAL_ID = "trial_id"
+STUDY_TRIAL = "colorsweep.study_trial"  # the Optuna trial number: one run per study trial, whichever launcher ran it
 PARENT = "mlflow.parentRunId"
-LOST = "colorsweep.lost"              # runs of trials a crash lost before Tune saved them
+LOST = "colorsweep.lost"              # runs of trials a crash lost before Tune saved them; parent runs that lost a race
 STEP_METRIC = "epoch"                 # every report carries it; its history says which steps are logged
 STATUS_FROM_MLFLOW = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "KILLED",
                       "RUNNING": "RUNNING", "SCHEDULED": "PENDING"}

@@ -13,10 +13,12 @@ import logging
 import os
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 SQLITE = "sqlite:///"
+CREATION_LOCK = 0x636f6c6f72   # pg_advisory_lock's key for making tables ("color")
 
 
 class StoreError(RuntimeError):
@@ -32,7 +34,20 @@ def resolve_tracking_uri(uri: str | None) -> str:
         uri = SQLITE + str(Path(uri[len(SQLITE):]).resolve())
     elif "://" not in uri:
         uri = str(Path(uri).resolve())
+    elif uri.startswith("postgresql://"):   # as a provider writes it; SQLAlchemy's default driver is not installed
+        uri = "postgresql+psycopg://" + uri[len("postgresql://"):]
     return uri
+
+
+def without_password(uri: str) -> str:
+    """The URI for files and messages: a database password shown as ***."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    try:
+        parsed = make_url(uri)
+    except ArgumentError:        # a plain folder
+        return uri
+    return parsed.render_as_string(hide_password=True) if parsed.password else uri
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -104,10 +119,37 @@ def _build(path: Path) -> None:
             logger.setLevel(level)
 
 
+@contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Held while tables are made in a PostgreSQL database: launchers started together would each
+    find no tables and each CREATE them, and all but one fail (duplicate key in pg_type). A session
+    advisory lock, so a killed holder's lock goes with its connection. Other databases: nothing."""
+    import sqlalchemy as sa
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        yield
+        return
+    engine = sa.create_engine(parsed.set(drivername="postgresql+psycopg"))
+    try:
+        with engine.connect() as db:
+            db.execute(sa.text("select pg_advisory_lock(:key)"), {"key": CREATION_LOCK})
+            try:
+                yield
+            finally:
+                db.execute(sa.text("select pg_advisory_unlock(:key)"), {"key": CREATION_LOCK})
+    finally:
+        engine.dispose()
+
+
 def ensure_store(uri: str) -> None:
-    """Make sure a sqlite store at `uri` exists whole; other stores are left to MLflow."""
+    """Make sure a sqlite store at `uri` exists whole; a database server's store gets MLflow's
+    tables one launcher at a time; other stores are left to MLflow."""
     path = sqlite_file(uri)
     if path is None:
+        if uri.startswith("postgresql"):
+            from mlflow import MlflowClient
+            with creation_lock(uri):
+                MlflowClient(uri).search_experiments(max_results=1)      # creates + migrates
         return
     if path.exists() and _half_built(path):
         if _holds_runs(path):

@@ -2,10 +2,11 @@
 models' runs. Where runs are found and how they are read back is `analysis.mlflow_runs`.
 
 A sweep is one experiment (tagged as model training, so MLflow 3 opens its runs view) holding a
-parent run, one child run per trial and the final run (tags in `analysis.mlflow_runs`). Only the
-driver writes (one writer: no sqlite locking). Writes go in batches of MLflow's limit and skip
-steps a run already holds, so a resumed sweep or final run finds its run again (by tag or id) and
-logs each epoch once. MlflowClient with explicit run ids, no fluent active run. Nothing here knows
+parent run, one child run per study trial and the final run (tags in `analysis.mlflow_runs`). Only
+drivers write (one per machine; several launchers of one sweep share a database store or an
+`mlflow server`, each writing the runs of the trials it holds). Writes go in batches of MLflow's
+limit and skip steps a run already holds, so a resumed sweep, a trial taken over by another
+launcher, or a final run finds its run again (by tag or id) and logs each epoch once. MlflowClient with explicit run ids, no fluent active run. Nothing here knows
 Ray.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -25,9 +26,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from analysis.mlflow_view import SAVED_VIEW_TAG, TRIALS_VIEW, TRIALS_VIEW_NAME, trials_view_state
-from analysis.mlflow_runs import LOST, PARENT, ROLE, STEP_METRIC, TRIAL_ID, load_mlflow_sweep, trial_runs
+from analysis.mlflow_runs import LOST, PARENT, ROLE, STEP_METRIC, STUDY_TRIAL, TRIAL_ID, load_mlflow_sweep, trial_runs
 from analysis.pareto import DEFAULT_OBJECTIVES, Objective, best_values, front_note, front_table, rank_table
-from analysis.store import ensure_store, existing_store, resolve_tracking_uri
+from analysis.store import ensure_store, existing_store, resolve_tracking_uri, without_password
 from analysis.sweep_table import Sweep, SweepError
 from trainable.layout import SweepState
 
@@ -84,7 +85,14 @@ def log_file(client: MlflowClient, run_id: str, path: str | os.PathLike, artifac
 def experiment_id(client: MlflowClient, name: str) -> str:
     """Find or create the experiment; either way it is marked as a model-training experiment."""
     found = client.get_experiment_by_name(name)
-    found_id = found.experiment_id if found else client.create_experiment(name, tags={KIND_TAG: KIND})
+    if found is None:
+        try:
+            return client.create_experiment(name, tags={KIND_TAG: KIND})
+        except MlflowException as err:     # another launcher of the sweep made it first
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            found = client.get_experiment_by_name(name)
+    found_id = found.experiment_id
     if found and KIND_TAG not in found.tags:      # a sweep started before the tag existed
         client.set_experiment_tag(found_id, KIND_TAG, KIND)
     return found_id
@@ -101,16 +109,25 @@ def move_experiment_aside(tracking_uri: str, name: str, new_name: str) -> bool:
     return experiment is not None
 
 
-def start_sweep_run(tracking_uri: str, name: str, parent_run_id: str | None) -> tuple[str, str]:
+def start_sweep_run(tracking_uri: str, name: str, parent_run_id: str | None,
+                    claim: Callable[[str], str] = lambda run_id: run_id) -> tuple[str, str]:
     """Create the store (atomically) when new, then find or create the sweep's experiment and
-    parent run → (experiment_id, parent_run_id)."""
+    parent run → (experiment_id, parent_run_id). `claim` records a parent run where every launcher
+    of the sweep looks (sweep.leases.parent_run) and returns the one recorded first: a run made here
+    that lost that race is tagged lost and deleted, so two launchers starting at once share one."""
     ensure_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = experiment_id(client, name)
-    if parent_run_id and reopened(client, parent_run_id, experiment):
-        return experiment, parent_run_id
-    run = client.create_run(experiment, run_name=name, tags={ROLE: "sweep"})
-    return experiment, run.info.run_id
+    made = not (parent_run_id and reopened(client, parent_run_id, experiment))
+    if made:
+        parent_run_id = client.create_run(experiment, run_name=name, tags={ROLE: "sweep"}).info.run_id
+    winner = claim(parent_run_id)
+    if winner != parent_run_id:
+        if made:
+            client.set_tag(parent_run_id, LOST, "true")
+            client.delete_run(parent_run_id)
+        reopened(client, winner)
+    return experiment, winner
 
 
 def reopened(client: MlflowClient, run_id: str, experiment: str | None = None) -> bool:
@@ -135,7 +152,10 @@ class SweepTracker:
         self._last_step: dict[str, float] = {}   # trial_id → last logged step
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None, "_runs": {}, "_last_step": {}}
+        """Tune pickles it into the sweep folder: without a database password (a restored sweep
+        is given this run's tracker)."""
+        return {**self.__dict__, "tracking_uri": without_password(self.tracking_uri), "_client": None,
+                "_runs": {}, "_last_step": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -146,26 +166,21 @@ class SweepTracker:
     def _trial_runs(self, extra: str = "") -> list:
         return trial_runs(self.client, self.experiment_id, f" and tags.`{PARENT}` = '{self.parent_run_id}'{extra}")
 
-    def archive_lost_trials(self, known_trial_ids: set[str]) -> int:
-        """Delete (soft: MLflow keeps them as 'deleted') runs of trials that a crash lost before
-        Tune saved them; Tune starts their replacements as new trials."""
-        lost = [r for r in self._trial_runs() if r.data.tags.get(TRIAL_ID) not in known_trial_ids]
-        for run in lost:
-            self.client.set_tag(run.info.run_id, LOST, "true")
-            self.client.delete_run(run.info.run_id)
-        return len(lost)
-
-    def trial_run(self, trial_id: str, name: str, params: Mapping[str, object]) -> str:
-        """The trial's run: found by tag after a resume, else created with its params."""
+    def trial_run(self, trial_id: str, name: str, params: Mapping[str, object], study_trial: int | None = None) -> str:
+        """The trial's run: found by its study trial (else, for sweeps logged before, its Tune trial
+        id) after a resume or a takeover, else created with its params."""
         if trial_id in self._runs:
             return self._runs[trial_id]
-        found = self._trial_runs(f" and tags.`{TRIAL_ID}` = '{trial_id}'")
+        key, value = (TRIAL_ID, trial_id) if study_trial is None else (STUDY_TRIAL, str(study_trial))
+        found = self._trial_runs(f" and tags.`{key}` = '{value}'") or \
+            self._trial_runs(f" and tags.`{TRIAL_ID}` = '{trial_id}'")     # logged before study trial tags
         if found:
             run_id = found[0].info.run_id
+            self.client.set_tag(run_id, key, value)
             self._last_step[trial_id] = max(logged_steps(self.client, run_id), default=-1)
             self.client.update_run(run_id, status="RUNNING")
         else:
-            tags = {TRIAL_ID: trial_id, ROLE: "trial", PARENT: self.parent_run_id}
+            tags = {TRIAL_ID: trial_id, ROLE: "trial", PARENT: self.parent_run_id, key: value}
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             log_params(self.client, run_id, params)
             self._last_step[trial_id] = -1
@@ -173,7 +188,8 @@ class SweepTracker:
         return run_id
 
     def log_result(self, trial_id: str, result: Mapping, step: int, tags: Mapping[str, str]) -> bool:
-        """Log one report's metrics at `step` unless that step is already logged."""
+        """Log one report's metrics at `step` unless that step is already logged (by this launcher,
+        or by the one a trial was taken over from: read when the run was found)."""
         if step <= self._last_step[trial_id]:
             return False
         log_metrics(self.client, self._runs[trial_id], result, step, tags)

@@ -13,7 +13,9 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import shlex
+import socket
 import signal
 import sys
 import threading
@@ -22,10 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trainable import layout as sweep_state
-from analysis.store import StoreError, resolve_tracking_uri
+from analysis.store import StoreError, resolve_tracking_uri, without_password
 from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
-from sweep.study import check_study, move_study_aside, shown, study_url as study_url_for
+from sweep.study import check_scheme, check_study, is_remote, move_study_aside, shown, study_url as study_url_for
 from sweep.trial_progress import clear_saved, saved_trials
 from trainable.config import ConfigError
 from trainable.download import DataError
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--study-storage", default=None, metavar="URL",
                         help="the Optuna study's database, e.g. postgresql://user:pass@host:5432/db "
                              "(default: study.db in the sweep folder)")
+    parser.add_argument("--launcher", default=None, metavar="NAME",
+                        help="with a shared --study-storage: this launcher's folder in the sweep "
+                             "(default: the host name); the same name takes its own trials back at once")
+    parser.add_argument("--lease", default=None, metavar="DURATION",
+                        help="a running trial without a heartbeat this long (10m, 45s) is taken over "
+                             "by another launcher (the spec's `lease`, default 10m)")
     parser.add_argument("--fresh", action="store_true", help="start over; old results are moved aside")
     return parser
 
@@ -71,7 +79,35 @@ def rerun_command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "sweep.launch", *kept])
 
 
-def _move_aside(sweep_dir: Path, study_url: str) -> None:
+def sweep_folder(args, spec: SweepSpec) -> Path:
+    """The folder this launcher's Tune trials and files go to: `<storage>/<name>` with the sweep's
+    own study.db; with a shared study (a database server) `<storage>/<name>/<launcher>`, one per
+    launcher, so launchers sharing a --storage never write each other's files. A relative --storage
+    with a shared study is refused: another machine could not find its checkpoints."""
+    sweep_dir = Path(args.storage).resolve() / spec.name
+    if args.study_storage is None:
+        if args.launcher is not None:
+            raise SpecError("--launcher: only with a shared --study-storage (several launchers on one study)")
+        return sweep_dir
+    check_scheme(args.study_storage)
+    if not is_remote(args.study_storage):
+        return sweep_dir
+    if not Path(args.storage).is_absolute():
+        raise SpecError(f"--storage {args.storage}: a relative path; with a shared --study-storage the "
+                        f"launchers take over each other's trials from their checkpoints, so give the "
+                        f"folder every machine sees at the same absolute path (e.g. /content/drive/MyDrive/sweeps)")
+    name = args.launcher or launcher_name()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise SpecError(f"--launcher {name!r}: expected a folder-safe name (letters, digits, _ . -)")
+    return sweep_dir / name
+
+
+def launcher_name() -> str:
+    """The default launcher name: this machine's host name, folder-safe."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "launcher"
+
+
+def _move_aside(sweep_dir: Path, study_url: str, name: str) -> None:
     """--fresh: the old sweep folder, MLflow experiment and study are renamed, never deleted."""
     from analysis.tracking import move_experiment_aside
     try:
@@ -83,8 +119,8 @@ def _move_aside(sweep_dir: Path, study_url: str) -> None:
         print(f"--fresh: moved the old sweep to {sweep_state.move_aside(sweep_dir, new_name)}")
         if old and move_experiment_aside(old.tracking_uri, old.experiment_name, new_name):
             print(f"--fresh: renamed the old MLflow experiment to '{new_name}'")
-    new_name = sweep_state.aside_name(sweep_dir)
-    if move_study_aside(study_url, sweep_dir.name, new_name):
+    new_name = sweep_state.aside_name(Path(name))
+    if move_study_aside(study_url, name, new_name):
         print(f"--fresh: renamed the old study in {shown(study_url)} to '{new_name}'")
 
 
@@ -101,7 +137,7 @@ def _check_resume(spec: SweepSpec, sweep_dir: Path, args, study_url: str):
         if changed:
             raise SpecError(f"{changed} since this sweep started in {sweep_dir}; "
                             f"use the old spec to resume it, or --fresh to start over")
-    if old and args.mlflow_uri and resolve_tracking_uri(args.mlflow_uri) != old.tracking_uri:
+    if old and args.mlflow_uri and without_password(resolve_tracking_uri(args.mlflow_uri)) != old.tracking_uri:
         raise SpecError(f"--mlflow-uri: this sweep logs to {old.tracking_uri}; resume it there or use --fresh")
     if old and _study_record(args) != old.study_storage:
         where = old.study_storage or f"{sweep_state.STUDY_DB} in the sweep folder (no --study-storage)"
@@ -241,16 +277,25 @@ def _show_packing(server) -> None:
               f"(mean pack {trial_epochs / packed_steps:.1f})")
 
 
-def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None):
+def _open_tracking(spec: SweepSpec, old, mlflow_uri: str | None, study_url: str):
+    """The sweep's MLflow experiment and parent run: one parent per study and tracking store,
+    recorded in the study's database, so every launcher of the sweep logs under the same one."""
+    import optuna
     from mlflow.exceptions import MlflowException
     from analysis.tracking import SweepTracker, save_trials_view, start_sweep_run
-    uri = old.tracking_uri if old else resolve_tracking_uri(mlflow_uri)
+    from sweep.leases import parent_run, recorded_parent
+    from sweep.study import open_study
+    # the state file keeps the URI without its password: a database store needs --mlflow-uri again
+    uri = old.tracking_uri if old and not mlflow_uri else resolve_tracking_uri(mlflow_uri)
+    study_id = open_study(study_url, spec, optuna.samplers.RandomSampler())._study_id
+    known = recorded_parent(study_url, study_id, uri) or (old.parent_run_id if old else None)
     try:
-        experiment_id, parent = start_sweep_run(uri, spec.name, old.parent_run_id if old else None)
+        experiment_id, parent = start_sweep_run(uri, spec.name, known,
+                                                lambda run_id: parent_run(study_url, study_id, uri, run_id))
         save_trials_view(uri, experiment_id, list(spec.space), spec.objectives)
     except MlflowException as err:
         raise LaunchError(f"MLflow store {uri}: {err.message}") from None
-    return SweepTracker(uri, experiment_id, parent), sweep_state.SweepState(False, uri, spec.name, parent)
+    return SweepTracker(uri, experiment_id, parent), sweep_state.SweepState(False, without_password(uri), spec.name, parent)
 
 
 def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> int:
@@ -267,7 +312,7 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
     images = prepare_data(spec.config.data)   # before anything is made: a DataError leaves nothing
     check_realism_reference(spec, images)
     if args.fresh:
-        _move_aside(sweep_dir, study_url)
+        _move_aside(sweep_dir, study_url, spec.name)
     _quiet_environment(local=args.address is None)
     from sweep.progress import SweepDisplay
     from sweep.ray_adapter import OutcomeCallback, ProgressCallback, TrackingCallback, build_sampler, build_tuner
@@ -285,14 +330,18 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
             print(f"the trials train on the CPU (could not time a step here: {err})", flush=True)
     train_images = train_split_size(spec.config, images)     # sizes reports counted in steps
     del images
-    tracker, record = _open_tracking(spec, old, args.mlflow_uri)
+    sweep_dir.mkdir(parents=True, exist_ok=True)      # the default study.db is opened there next
+    tracker, record = _open_tracking(spec, old, args.mlflow_uri, study_url)
     sweep_state.write_spec(sweep_dir, resolved(spec))
     record = dataclasses.replace(record, study_storage=_study_record(args))
     sweep_state.write_state(sweep_dir, record)
     display = SweepDisplay(spec, start=pace)
     ended = OutcomeCallback(spec)
     callbacks = [TrackingCallback(tracker, spec), ProgressCallback(spec, sweep_dir, display), ended]
-    tuner, restored = build_tuner(spec, sweep_dir, cluster, callbacks, study_url, train_images)
+    # joined launchers (one folder each under the sweep's) draw their own random startup trials
+    salt = sweep_dir.name if is_remote(study_url) else ""
+    tuner, searcher, restored = build_tuner(spec, sweep_dir, cluster, callbacks, study_url, str(sweep_dir), salt,
+                                             train_images)
     if restored:
         print(f"resuming {spec.name} from {sweep_dir}")
     pack_server = _start_pack_server(spec, cluster)   # held until the sweep ends: it lives while we do
@@ -306,7 +355,9 @@ def _run(spec: SweepSpec, sweep_dir: Path, args, started: float, rerun: str) -> 
         display.close()
         stop.close()
     _show_packing(pack_server)
-    return _finish(spec, sweep_dir, ended.rows, record, tracker, stop.reason, rerun)
+    # a study other launchers share may have finished trials this one never ran
+    expected = len(ended.rows) if searcher.done() else spec.num_samples
+    return _finish(spec, sweep_dir, ended.rows, expected, record, tracker, stop.reason, rerun)
 
 
 def outcome(statuses: Sequence[str], num_samples: int, stopped: str | None, rerun: str) -> tuple[str, int]:
@@ -329,9 +380,10 @@ def outcome(statuses: Sequence[str], num_samples: int, stopped: str | None, reru
     return f"{failed} trial(s) failed (see above); to retry them: {rerun}", EXIT_FAILED
 
 
-def _finish(spec, sweep_dir: Path, rows: list[dict], record, tracker, stopped: str | None, rerun: str) -> int:
+def _finish(spec, sweep_dir: Path, rows: list[dict], expected: int, record, tracker, stopped: str | None,
+            rerun: str) -> int:
     from sweep.progress import show_summary
-    line, code = outcome([r["status"] for r in rows], spec.num_samples, stopped, rerun)
+    line, code = outcome([r["status"] for r in rows], expected, stopped, rerun)
     finished = code == EXIT_FINISHED
     tracker.end_sweep(finished, spec.objectives)
     sweep_state.write_state(sweep_dir, dataclasses.replace(record, finished=finished))
@@ -347,8 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        spec = load_spec(args.spec, args.set)
-        return _run(spec, Path(args.storage).resolve() / spec.name, args, started, rerun_command(argv))
+        spec = load_spec(args.spec, args.set + ([f"lease={args.lease}"] if args.lease else []))
+        return _run(spec, sweep_folder(args, spec), args, started, rerun_command(argv))
     except (SpecError, ConfigError, DataError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,12 +14,14 @@ live in the pack server (sweep/pack_server.py), which it asks for epochs and rep
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +36,14 @@ from ray.tune.utils.util import unflatten_dict
 
 from sweep.pack_server import server_name
 from sweep.spec import SpecError, SweepSpec
+from sweep.leases import Lease, Leases
 from sweep.study import open_study, shown
 from sweep.trial_progress import TrialProgress, read_progress
 from trainable.checkpoint import load_checkpoint, save_checkpoint
 from trainable.config import apply_overrides, flatten, from_dict, to_dict
 from trainable.engine import Trainer, setup_process
 from trainable.export import export_generator
-from trainable.layout import GENERATOR, INTERRUPTED_DIR, REPORT, SAMPLES
+from trainable.layout import GENERATOR, INTERRUPTED_DIR, LATEST, PREVIOUS, REPORT, SAMPLES
 from trainable.interval import Clock
 from trainable.loop import Interrupted, LocalRun, Midway, Report, checkpoints, report_midway, run_epochs
 
@@ -55,8 +58,12 @@ def _optuna_distribution(dist):
     return optuna.distributions.FloatDistribution(dist.low, dist.high, log=dist.log)
 
 
-def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: SweepSpec, salt: str = "") -> optuna.samplers.BaseSampler:
+    """The spec's sampler. Launchers joining one study each give a `salt` (their name): with the
+    same seed they would draw the same random startup trials, one after the other."""
     samplers = optuna.samplers
+    if salt and spec.seed is not None:
+        spec = dataclasses.replace(spec, seed=(spec.seed + zlib.crc32(salt.encode())) % 2**32)
     if spec.sampler == "grid":
         grid = {key: list(d.values) for key, d in spec.space.items()}
         return samplers.GridSampler(grid, seed=spec.seed)
@@ -105,53 +112,133 @@ def finished_all_epochs(result: dict, config: dict, spec: SweepSpec) -> bool:
 
 
 class StudySearcher(Searcher):
-    """Optuna's ask and tell, driven from Tune, on the study in colorsweep's storage (sweep/study.py).
-    Ray's OptunaSearch is not used: it tells a trial ASHA stopped COMPLETE with its truncated value,
-    reports no intermediate value of a multi-objective study, and pickles its study's trials with
-    Tune's state, so after a SIGKILL the trials asked since the last save stay RUNNING in the
-    database (docs/study.md).
+    """Optuna's ask and tell, driven from Tune, on the study in colorsweep's storage (sweep/study.py),
+    which several launchers may share. Ray's OptunaSearch is not used: it tells a trial ASHA stopped
+    COMPLETE with its truncated value, reports no intermediate value of a multi-objective study,
+    and pickles its study's trials with Tune's state, so after a SIGKILL the trials asked since the
+    last save stay RUNNING in the database (docs/study.md).
 
     Here the database is the record: a Tune trial id maps to an Optuna trial (also written as the
     trial's `tune_trial_id` attribute); a trial ends COMPLETE when it ran every epoch, PRUNED when
     ASHA stopped it, FAIL when it failed; one Tune stopped at Ctrl+C or the budget stays RUNNING and
-    is resumed. Trials RUNNING in the study that Tune's restored state does not know (asked after
-    its last save) are handed out again to the next trials Tune asks for, with the same params."""
+    is resumed. Every running trial holds a lease (sweep/leases.py) renewed at each report and by
+    the launcher's heartbeat thread. Before a new ask, a RUNNING trial Tune's restored state does
+    not know is taken if its lease lapsed or is this launcher's own (asked before a kill): it is
+    handed to the next Tune trial with the same params and, when the checkpoint its holder saved
+    can be read here (a shared --storage), resumed from that. The study has enough trials when
+    `num_samples` have finished (COMPLETE, PRUNED or FAIL, whichever launcher ran them): then
+    `suggest` answers FINISHED; while the rest still run elsewhere it answers None (ask later)."""
+    WAIT_S = 1.0     # while waiting on other launchers, how often Tune's asks look at the database
 
-    def __init__(self, spec: SweepSpec, url: str, scheduler: EarlyStopRecorder | None):
+    def __init__(self, spec: SweepSpec, url: str, scheduler: EarlyStopRecorder | None,
+                 launcher: str, sweep_dir: Path, salt: str = ""):
         first = spec.objectives[0]
         super().__init__(metric=first.metric, mode=first.mode)
         self.spec, self.url, self.scheduler = spec, url, scheduler
+        self.launcher, self.sweep_dir, self.salt = launcher, str(sweep_dir), salt
         self.space = {key: _optuna_distribution(d) for key, d in spec.space.items()}
         self.trials: dict[str, int] = {}       # Tune trial id -> Optuna's storage trial id
+        self.offsets: dict[str, int] = {}      # Tune trial id -> reports its holder made before a takeover
         self._study: optuna.Study | None = None
-        self._orphans: list[int] | None = None
+        self._leases: Leases | None = None
+        self._waited = 0.0
 
     def __getstate__(self) -> dict:
         """Tune pickles the searcher into the sweep folder (tuner.pkl): without the study (it holds a
         database engine) and without the URL's password; `build_tuner` gives a restored one its URL."""
-        return {**self.__dict__, "url": shown(self.url), "_study": None, "_orphans": None}
+        return {**self.__dict__, "url": shown(self.url), "_study": None, "_leases": None, "_waited": 0.0}
+
+    def __setstate__(self, state: dict) -> None:
+        """Searchers pickled before leases existed lack their fields (`build_tuner` sets the rest)."""
+        self.__dict__.update({"offsets": {}, "salt": "", "_study": None, "_leases": None, "_waited": 0.0, **state})
 
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            self._study = open_study(self.url, self.spec, build_sampler(self.spec))
-            known = set(self.trials.values())
-            self._orphans = [t._trial_id for t in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                             if t._trial_id not in known]
+            self._study = open_study(self.url, self.spec, build_sampler(self.spec, self.salt))
+            asked = len(self._study.get_trials(deepcopy=False))
+            if asked:     # a relaunch: a sampler seeded as at the start would draw the first params again
+                self._study.sampler = build_sampler(self.spec, f"{self.salt}#{asked}")
+            self._leases = Leases(self.url, self.launcher, self.sweep_dir, self.spec.lease_s, shared=bool(self.salt))
+            self._leases.keep_alive()
         return self._study
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict | None:
-        study = self.study
+    def suggest(self, trial_id: str) -> dict | str | None:
         if trial_id not in self.trials:
-            trial = optuna.trial.Trial(study, self._orphans.pop(0)) if self._orphans else \
-                study.ask(fixed_distributions=self.space)
-            trial.set_user_attr("tune_trial_id", trial_id)
-            self.trials[trial_id] = trial._trial_id
-        params = self.study._storage.get_trial(self.trials[trial_id]).params
-        return unflatten_dict(params)
+            if time.monotonic() - self._waited < self.WAIT_S:
+                return None
+            trials = self.study.get_trials(deepcopy=False)
+            if sum(t.state.is_finished() for t in trials) >= self.spec.num_samples:
+                return Searcher.FINISHED
+            number = self._take_over(trial_id, [t for t in trials if t.state == TrialState.RUNNING])
+            if number is None and len(trials) >= self.spec.num_samples:
+                self._waited = time.monotonic()      # the rest run elsewhere: finish, or lapse
+                return None
+            if number is None:
+                trial = self.study.ask(fixed_distributions=self.space)
+                self._leases.take(trial._trial_id, trial_id)
+                self.trials[trial_id] = trial._trial_id
+            self.study._storage.set_trial_user_attr(self.trials[trial_id], "tune_trial_id", trial_id)
+        return unflatten_dict(self.study._storage.get_trial(self.trials[trial_id]).params)
+
+    def _take_over(self, trial_id: str, running: list) -> int | None:
+        """A RUNNING trial Tune does not know whose lease lapsed (or is ours), now this Tune
+        trial's, its checkpoint copied where `train_trial` resumes from → its number, else None."""
+        known = set(self.trials.values())
+        candidates = [t for t in running if t._trial_id not in known]
+        leases = self._leases.held([t._trial_id for t in candidates])
+        for trial in candidates:
+            lease = leases.get(trial._trial_id)
+            started = trial.datetime_start.timestamp() if trial.datetime_start else None
+            if self._leases.lapsed(lease, started) and self._leases.claim(trial._trial_id, lease, trial_id):
+                self.trials[trial_id] = trial._trial_id
+                self._fill_params(trial)
+                resumed = None if lease is None else self._copy_checkpoint(lease, trial_id)
+                if lease is not None and lease.launcher != self.launcher:
+                    where = f"resumed at epoch {resumed}" if resumed else "started again (no checkpoint here)"
+                    print(f"study: took over trial {trial.number} from launcher {lease.launcher} "
+                          f"(lease lapsed): {where}", flush=True)
+                return trial.number
+        return None
+
+    def _fill_params(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """A launcher killed inside `ask` leaves a RUNNING trial without (all) its params: the
+        sampler draws the missing ones now, as that ask would have."""
+        missing = {name: dist for name, dist in self.space.items() if name not in frozen.params}
+        trial = optuna.trial.Trial(self.study, frozen._trial_id)
+        for name, distribution in missing.items():
+            trial._suggest(name, distribution)
+
+    def _copy_checkpoint(self, lease: Lease, trial_id: str) -> int | None:
+        """The two newest checkpoints the lapsed holder saved (in its sweep folder, when this machine
+        can read it) copied to `interrupted/<trial_id>` of this sweep as latest.pt and previous.pt
+        (a kill during Tune's copy can leave the newest torn: `load_checkpoint` then takes the
+        other); the reports made by the newest become this trial's offset → its epoch, or None."""
+        found = lapsed_checkpoints(Path(lease.folder), lease.tune_trial_id, self.spec.report_every)
+        if not found:
+            return None
+        target = Path(self.sweep_dir) / INTERRUPTED_DIR / trial_id
+        temp = target.with_name(f".{trial_id}.tmp")
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+        for (folder, _epoch, _reports), name in zip(found, (LATEST, PREVIOUS)):
+            shutil.copyfile(folder / LATEST, temp / name)
+        temp.rename(target)
+        _folder, epoch, self.offsets[trial_id] = found[0]
+        return epoch
+
+    def study_trial(self, trial_id: str) -> int | None:
+        """The Optuna trial number of a Tune trial (the key of its MLflow run), None if not asked here."""
+        if trial_id not in self.trials:
+            return None
+        return self.study._storage.get_trial(self.trials[trial_id]).number
+
+    def done(self) -> bool:
+        """Whether the study holds `num_samples` finished trials."""
+        return sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False)) >= self.spec.num_samples
 
     def _open(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The Optuna trial while it is still RUNNING (a rerun after a kill may end one twice)."""
@@ -160,40 +247,84 @@ class StudySearcher(Searcher):
         frozen = self.study._storage.get_trial(self.trials[trial_id])
         return None if frozen.state.is_finished() else frozen
 
-    def _report(self, frozen: optuna.trial.FrozenTrial, result: dict | None) -> None:
+    def _report(self, trial_id: str, frozen: optuna.trial.FrozenTrial, result: dict | None) -> None:
         """The first objective's value per report (what ASHA compares), also in a multi-objective
-        study, where Trial.report refuses: the dashboard draws it as the learning curve."""
+        study, where Trial.report refuses: the dashboard draws it as the learning curve. The step
+        counts the trial's reports, those of a launcher it was taken over from included."""
         if result and self.metric in result:
-            self.study._storage.set_trial_intermediate_value(
-                frozen._trial_id, int(result["training_iteration"]), float(result[self.metric]))
+            step = int(result["training_iteration"]) + self.offsets.get(trial_id, 0)
+            self.study._storage.set_trial_intermediate_value(frozen._trial_id, step, float(result[self.metric]))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         frozen = self._open(trial_id)
         if frozen is not None:
-            self._report(frozen, result)
+            self._leases.beat(frozen._trial_id)
+            self._report(trial_id, frozen, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         frozen = self._open(trial_id)
         if frozen is None:
             return
-        self._report(frozen, result)   # Tune passes a trial's last report here, not to on_trial_result
+        self._report(trial_id, frozen, result)   # Tune passes a trial's last report here, not to on_trial_result
         if error:
-            self.study.tell(frozen.number, state=TrialState.FAIL)
+            self._tell(frozen, state=TrialState.FAIL)
             return
         values = [result.get(o.metric) for o in self.spec.objectives] if result else [None]
         if None in values:
             return                      # stopped before its first report: resumed later
         if finished_all_epochs(result, frozen.params, self.spec):
-            self.study.tell(frozen.number, values)
+            self._tell(frozen, values=values)
         elif self.scheduler is not None and trial_id in self.scheduler.stopped:
-            self.study.tell(frozen.number, state=TrialState.PRUNED)
+            self._tell(frozen, state=TrialState.PRUNED)
+
+    def _tell(self, frozen: optuna.trial.FrozenTrial, **verdict) -> None:
+        self.study.tell(frozen.number, **verdict)
+        self._leases.release(frozen._trial_id)
 
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps(self.trials))
+        Path(checkpoint_path).write_text(json.dumps({"trials": self.trials, "offsets": self.offsets}))
 
     def restore(self, checkpoint_path: str) -> None:
-        self.trials = json.loads(Path(checkpoint_path).read_text())
+        saved = json.loads(Path(checkpoint_path).read_text())
+        # a sweep saved before takeovers existed holds the map alone
+        self.trials, self.offsets = (saved["trials"], saved["offsets"]) if "trials" in saved else (saved, {})
         self._study = None
+
+
+def lapsed_checkpoints(folder: Path, tune_trial_id: str, report_every: int) -> list[tuple[Path, int, int]]:
+    """The checkpoints of Tune trial `tune_trial_id` in another launcher's sweep folder, newest first
+    → (its folder, its epoch, the reports the trial had made by then); none when that folder is not
+    on this machine or the trial never saved one. The reports come from Tune's result.json, or, when
+    the holder died before its driver wrote that report there, from the epoch (one report every
+    `report_every` epochs, each with its checkpoint)."""
+    found = []
+    for trial_dir in folder.glob(f"*_{tune_trial_id}_*"):
+        reports = _reports(trial_dir)
+        for checkpoint in trial_dir.glob("checkpoint_*"):
+            try:
+                epoch = int(json.loads((checkpoint / REPORT).read_text())["epoch"])
+            except (OSError, ValueError, KeyError):
+                continue
+            if (checkpoint / LATEST).exists():
+                found.append((checkpoint, epoch, reports.get(checkpoint.name, math.ceil(epoch / report_every))))
+    return sorted(found, key=lambda f: (f[1], f[2]), reverse=True)
+
+
+def _reports(trial_dir: Path) -> dict[str, int]:
+    """Checkpoint folder name → the training_iteration of the report that saved it (result.json)."""
+    counted = {}
+    try:
+        lines = (trial_dir / "result.json").read_text().splitlines()
+    except OSError:
+        return counted
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:          # the last line, cut by a kill
+            continue
+        if row.get("checkpoint_dir_name"):
+            counted[row["checkpoint_dir_name"]] = int(row["training_iteration"])
+    return counted
 
 
 def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, float]:
@@ -302,50 +433,61 @@ def trainable_for(spec: SweepSpec, cluster: dict[str, float], sweep_dir: Path):
     return tune.with_resources(trial, resources)
 
 
-def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list,
-                study_url: str, train_images: int | None = None) -> tuple[tune.Tuner, bool]:
-    """(the sweep's Tuner, whether it was restored): restored from `sweep_dir` when Tune saved one
-    there, else new. A restored Tuner gets this run's callbacks, not the ones pickled at the start;
-    its searcher goes on with the study at `study_url` (the resume check made sure it is the same)."""
+def build_tuner(spec: SweepSpec, sweep_dir: Path, cluster: dict, callbacks: list, study_url: str,
+                launcher: str, salt: str,
+                train_images: int | None = None) -> tuple[tune.Tuner, StudySearcher, bool]:
+    """(the sweep's Tuner, its searcher, whether it was restored): restored from `sweep_dir` when
+    Tune saved one there, else new. A restored Tuner gets this run's callbacks, not the ones pickled
+    at the start; its searcher goes on with the study at `study_url` (the resume check made sure it
+    is the same). Tune's own count of trials is unbounded: the searcher says when the study, which
+    other launchers may share, has enough."""
     trainable = trainable_for(spec, cluster, sweep_dir)
     if tune.Tuner.can_restore(str(sweep_dir)):
         tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
         # Tune would use the callbacks pickled when the sweep began (no display, an old MLflow
         # client); this run's replace them. No public setter: ray-project/ray#41364.
         tuner._local_tuner.get_run_config().callbacks = callbacks
-        tuner._local_tuner._tune_config.search_alg.url = study_url     # pickled without its password
-        return tuner, True
+        searcher = tuner._local_tuner._tune_config.search_alg
+        searcher.url = study_url     # pickled without its password
+        searcher.launcher, searcher.sweep_dir = launcher, str(sweep_dir)
+        _bind(callbacks, searcher)
+        return tuner, searcher, True
     scheduler = build_scheduler(spec, train_images)
-    tune_config = tune.TuneConfig(search_alg=StudySearcher(spec, study_url, scheduler), scheduler=scheduler,
-                                  num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent)
-    run_config = tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
+    searcher = StudySearcher(spec, study_url, scheduler, launcher, sweep_dir, salt)
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                  num_samples=-1, max_concurrent_trials=spec.max_concurrent)
+    run_config = tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), callbacks=callbacks,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                 failure_config=tune.FailureConfig(max_failures=1), verbose=0)
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), False
+    _bind(callbacks, searcher)
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), searcher, False
+
+
+def _bind(callbacks: list, searcher: StudySearcher) -> None:
+    """MLflow runs are per study trial: the tracking callback asks the searcher which one."""
+    for callback in callbacks:
+        if isinstance(callback, TrackingCallback):
+            callback.searcher = searcher
 
 
 class TrackingCallback(tune.Callback):
-    """Forwards Tune's driver-side events to the MLflow `SweepTracker` (the only MLflow writer)."""
+    """Forwards Tune's driver-side events to the MLflow `SweepTracker` (the only MLflow writer). A
+    trial's run is found by its study trial (`build_tuner` binds the searcher), so a trial another
+    launcher took over, or one Tune asked again after a kill, logs to the run it already has."""
 
     def __init__(self, tracker, spec: SweepSpec):
         self.tracker = tracker
         self.spec = spec
-        self._reconciled = False
+        self.searcher: StudySearcher | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_reconciled": False}
-
-    def on_step_begin(self, iteration, trials, **info):
-        if not self._reconciled:  # first step: the restored trials are all known now
-            self._reconciled = True
-            lost = self.tracker.archive_lost_trials({t.trial_id for t in trials})
-            if lost:
-                print(f"MLflow: archived {lost} run(s) of trials lost before the last state save")
+        return {**self.__dict__, "searcher": None}
 
     def _run(self, trial) -> None:
         from analysis.mlflow_view import trial_run_name   # driver only: trial workers never import MLflow
         params = flatten(to_dict(self.spec.trial_config(trial.config)))
-        self.tracker.trial_run(trial.trial_id, trial_run_name(trial.trial_id, trial.config), params)
+        self.tracker.trial_run(trial.trial_id, trial_run_name(trial.trial_id, trial.config), params,
+                               self.searcher.study_trial(trial.trial_id))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)

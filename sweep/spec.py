@@ -138,15 +138,16 @@ def probe_config(base: Config, space: Mapping[str, Distribution]) -> Config:
 
 
 TOP_KEYS = ("name", "config", "overrides", "space", "objectives", "sampler", "scheduler",
-            "num_samples", "max_concurrent", "report_every", "time_budget", "pack")
+            "num_samples", "max_concurrent", "report_every", "time_budget", "pack", "lease")
 SAMPLERS = ("tpe", "nsga2", "cmaes", "random", "grid")
 SCHEDULERS = ("none", "asha")
 MAX_CONCURRENT_DEFAULT = 10
+LEASE_DEFAULT_S = 600.0               # a running trial without a heartbeat this long may be taken over
 # Config keys holding a path: resolved once, in the driver, against the folder the command was run
 # from (a Ray trial runs in a folder of its own, where a relative path means something else).
 PATH_KEYS = ("data.path",)
 # Changing these between runs of one sweep is allowed; every other difference is refused.
-RESUMABLE_CHANGES = ("time_budget",)
+RESUMABLE_CHANGES = ("time_budget", "lease")
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class SweepSpec:
     report_every: Interval                  # epochs (an integer) or steps ('500 steps') between reports
     time_budget_s: float | None
     pack: int                               # trials stepped together on one device (1 = off)
+    lease_s: float = LEASE_DEFAULT_S        # docs/study.md: several machines, leases
 
     def trial_config(self, searched: Mapping[str, object]) -> Config:
         """The full config of one trial: the base config plus its searched values."""
@@ -360,6 +362,7 @@ def parse_spec(raw: Mapping, sets: Sequence[str] = (), base: Path | None = None)
         report_every=_report_every(raw.get("report_every", 1), raw.get("pack")),
         time_budget_s=parse_duration("time_budget", raw.get("time_budget")),
         pack=_pack(raw.get("pack"), space, max_concurrent, config),
+        lease_s=parse_duration("lease", raw.get("lease")) or LEASE_DEFAULT_S,
     )
 
 
@@ -373,9 +376,11 @@ def load_spec(path: str | Path, sets: Sequence[str] = ()) -> SweepSpec:
 
 
 def resolved(spec: SweepSpec) -> dict:
-    """The spec as plain data with every default filled in (saved next to the sweep). `pack` is
-    written only when on, so sweeps saved before packing existed still match and resume."""
+    """The spec as plain data with every default filled in (saved next to the sweep). `pack` and
+    `lease` are written only when not their defaults, so sweeps saved before they existed still
+    match and resume."""
     packing = {"pack": spec.pack} if spec.pack > 1 else {}
+    leasing = {"lease": spec.lease_s} if spec.lease_s != LEASE_DEFAULT_S else {}
     return {
         "name": spec.name,
         "config": to_dict(spec.config),
@@ -388,6 +393,7 @@ def resolved(spec: SweepSpec) -> dict:
         "report_every": spec.report_every.epochs or f"{spec.report_every.steps} steps",
         "time_budget": spec.time_budget_s,
         **packing,
+        **leasing,
     }
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from analysis.store import creation_lock
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, resolved
 from trainable.layout import STUDY_DB
 
 SCHEMES = ("sqlite", "postgresql")
+# Keys of the spec each machine may set for itself: where its data is, how many trials its device
+# runs at once and packs, its time budget. Every other key must be the study's own.
+MACHINE_KEYS = ("config.data.path", "max_concurrent", "pack", "time_budget")
 SPEC_ATTR = "colorsweep_spec"
 CONNECT_TIMEOUT_S = 10
 
@@ -49,7 +54,7 @@ def database_url(url: str) -> str:
     return url
 
 
-def _engine_kwargs(url: str) -> dict:
+def engine_kwargs(url: str) -> dict:
     if make_url(url).get_backend_name() == "postgresql":
         return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
     return {}
@@ -70,7 +75,7 @@ def check_connection(url: str) -> bool:
     check_scheme(url)
     if make_url(url).get_backend_name() == "sqlite" and not Path(make_url(url).database or "").exists():
         return False
-    engine = sqlalchemy.create_engine(database_url(url), **_engine_kwargs(url))
+    engine = sqlalchemy.create_engine(database_url(url), **engine_kwargs(url))
     try:
         with engine.connect():
             pass
@@ -88,15 +93,34 @@ def check_study(url: str, spec: SweepSpec, compare: bool = True) -> None:
     if not check_connection(url) or not compare:
         return
     saved = _saved_spec(url, spec.name)
-    changed = saved is not None and incompatibility(comparable(saved), resolved(spec))
+    changed = saved is not None and incompatibility(study_form(comparable(saved)), study_form(resolved(spec)))
     if changed:
         raise StudyError(f"--study-storage {shown(url)}: study '{spec.name}' was made by another spec: "
                          f"{changed}; use that spec, or --fresh to move the old study aside")
 
 
+def study_form(resolved_spec: dict) -> dict:
+    """A resolved spec without the keys each machine sets for itself (MACHINE_KEYS): what every
+    launcher joining a study must agree on."""
+    form = json.loads(json.dumps(resolved_spec))
+    for dotted in MACHINE_KEYS:
+        *sections, leaf = dotted.split(".")
+        node = form
+        for section in sections:
+            node = node.get(section) or {}
+        node.pop(leaf, None)
+    return form
+
+
+def is_remote(url: str) -> bool:
+    """A database other machines can reach (the default study.db is a file in the sweep folder)."""
+    return make_url(url).get_backend_name() != "sqlite"
+
+
 def _storage(url: str, create: bool) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(database_url(url), engine_kwargs=_engine_kwargs(url),
-                                      skip_table_creation=not create)
+    with creation_lock(database_url(url)) if create else nullcontext():   # launchers starting together
+        return optuna.storages.RDBStorage(database_url(url), engine_kwargs=engine_kwargs(url),
+                                          skip_table_creation=not create)
 
 
 def _saved_spec(url: str, name: str) -> dict | None:

@@ -72,11 +72,21 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres_url(postgres_server, request) -> str:
-    """A new, empty database on the session's server → its URL (postgresql://user:pass@host:port/db)."""
+def new_database(server: str) -> str:
+    """A new, empty database on `server` → its URL (postgresql://user:pass@host:port/db)."""
     import psycopg
     name = "t_" + secrets.token_hex(6)
-    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as connection:
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {name}")
-    return f"{postgres_server}/{name}"
+    return f"{server}/{name}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    return new_database(postgres_server)
+
+
+@pytest.fixture
+def mlflow_postgres_url(postgres_server) -> str:
+    """A second database for MLflow's tables (Optuna's and MLflow's both keep an alembic_version)."""
+    return new_database(postgres_server)

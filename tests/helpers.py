@@ -142,10 +142,17 @@ def assert_study_agrees(url: str, statuses: dict[str, str]) -> None:
     assert all(t.state.is_finished() and t.state.name != "FAIL" for t in trials), [t.state.name for t in trials]
 
 
+def sweep_folder(tmp_path: Path, study_url: str | None = None) -> Path:
+    """The smoke sweep's folder: its launcher's own with a database server's study (sweep.launch)."""
+    from sweep.launch import launcher_name
+    sweep_dir = tmp_path / "sweeps" / "smoke"
+    return sweep_dir / launcher_name() if study_url and study_url.startswith("postgresql") else sweep_dir
+
+
 def assert_complete(tmp_path: Path, epochs: int, study_url: str | None = None) -> None:
     """Every trial TERMINATED and finished in the study (the sweep folder's study.db unless
     `study_url`); exactly num_samples MLflow trial runs, one value per step."""
-    sweep_dir = tmp_path / "sweeps" / "smoke"
+    sweep_dir = sweep_folder(tmp_path, study_url)
     statuses = trial_statuses(sweep_dir)
     assert len(statuses) == 4 and set(statuses.values()) == {"TERMINATED"}, statuses
     assert_study_agrees(study_url or f"sqlite:///{sweep_dir / 'study.db'}", statuses)
@@ -256,7 +263,7 @@ def sigkill_then_resume(tmp_path: Path, epochs: int, *extra: str,
     trials continued from their checkpoints."""
     extra = ("--set", f"train.epochs={epochs}", *extra)
     process = start_launch(tmp_path, *extra)
-    sweep_dir = tmp_path / "sweeps" / "smoke"
+    sweep_dir = sweep_folder(tmp_path, study_url)
     recorded = wait_until(lambda: recorded_a_checkpoint(sweep_dir), process)
     assert recorded, (tmp_path / "first_run.log").read_text()[-3000:]
     os.killpg(process.pid, signal.SIGKILL)

@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from sweep.launch import main
 from sweep.spec import load_spec, resolved
 from sweep.study import StudyError, check_study, move_study_aside, open_study, study_url
-from tests.helpers import SMOKE, run_launch, sigkill_then_resume, study_trials, trial_statuses
+from tests.helpers import SMOKE, run_launch, sigkill_then_resume, study_trials, sweep_folder, trial_statuses
 
 
 def _smoke(*sets: str):
@@ -99,14 +99,14 @@ def test_sweep_on_postgres_tells_asha_stopped_trials_pruned(tmp_path, postgres_u
     assert "python -m sweep.dashboard" in done.stdout
     trials = study_trials(postgres_url)
     states = {t.user_attrs["tune_trial_id"]: t.state.name for t in trials}
-    assert sorted(states) == sorted(trial_statuses(tmp_path / "sweeps" / "smoke")) and len(states) == 6
+    assert sorted(states) == sorted(trial_statuses(sweep_folder(tmp_path, postgres_url))) and len(states) == 6
     assert set(states.values()) == {"COMPLETE", "PRUNED"}, states
     for trial in trials:
         steps = sorted(trial.intermediate_values)
         assert steps and steps == list(range(1, steps[-1] + 1)), trial
         assert (trial.state.name == "COMPLETE") == (steps[-1] == 3), trial
     from analysis.load import load_sweep
-    table = load_sweep(tmp_path / "sweeps" / "smoke").table
+    table = load_sweep(sweep_folder(tmp_path, postgres_url)).table
     early = set(table.loc[table["status"] == "EARLY_STOPPED", "trial_id"])
     assert early == {trial for trial, state in states.items() if state == "PRUNED"}
     again = run_launch(tmp_path, "--study-storage", postgres_url, "--fresh", "--set", "num_samples=2",
@@ -146,12 +146,14 @@ def test_resume_with_another_study_storage_is_refused(tmp_path, capsys):
 def test_searcher_tells_each_ending_once_and_hands_out_asks_lost_at_a_kill(tmp_path):
     """StudySearcher on a real SQLite study, called as Tune calls it: a trial that ran every epoch is
     COMPLETE, one ASHA stopped PRUNED with its report, one stopped by Ctrl+C stays RUNNING; a second
-    ending is ignored; after a restore from an older save, the trial asked since is handed to the
-    next trial Tune asks for, with its params, instead of a new ask."""
+    ending is ignored; after a restore from an older save, the trial asked since (its lease is this
+    launcher's) is handed to the next trial Tune asks for at once, with its params, instead of a
+    new ask, and one a kill left without params gets them; with num_samples asked it waits while
+    some run, and says FINISHED once all ended."""
     from sweep.ray_adapter import StudySearcher, build_scheduler
-    spec = _smoke("scheduler.type=asha", "train.epochs=2", "report_every=1")
+    spec = _smoke("scheduler.type=asha", "train.epochs=2", "report_every=1", "num_samples=5")
     url, scheduler = f"sqlite:///{tmp_path / 'study.db'}", build_scheduler(spec)
-    searcher = StudySearcher(spec, url, scheduler)
+    searcher = StudySearcher(spec, url, scheduler, "here", tmp_path)
     for trial_id in ("done", "pruned", "stopped"):
         searcher.suggest(trial_id)
     searcher.save(str(tmp_path / "searcher.json"))
@@ -170,12 +172,21 @@ def test_searcher_tells_each_ending_once_and_hands_out_asks_lost_at_a_kill(tmp_p
     assert trials["pruned"].state.name == "PRUNED" and trials["pruned"].intermediate_values == {1: 0.5}
     assert trials["stopped"].state.name == "RUNNING" and trials["lost"].state.name == "RUNNING"
 
-    restored = StudySearcher(spec, url, build_scheduler(spec))
+    optuna.load_study(study_name="smoke", storage=url).ask()     # a kill inside ask: no params yet
+
+    restored = StudySearcher(spec, url, build_scheduler(spec), "here", tmp_path)
     restored.restore(str(tmp_path / "searcher.json"))
     assert restored.suggest("next") == lost
-    after = {t.user_attrs["tune_trial_id"]: t.number for t in study_trials(url)}
-    assert len(after) == 4 and after["next"] == trials["lost"].number and "lost" not in after
-    assert restored.suggest("new") != lost and len(study_trials(url)) == 5
+    after = {t.user_attrs.get("tune_trial_id"): t.number for t in study_trials(url)}
+    assert len(after) == 5 and after["next"] == trials["lost"].number and "lost" not in after
+    filled = restored.suggest("new")        # the one left without params gets them now
+    assert filled != lost and len(study_trials(url)) == 5
+    assert sorted(study_trials(url)[4].params) == sorted(spec.space) and study_trials(url)[4].user_attrs["tune_trial_id"] == "new"
+    restored.WAIT_S = 0.0
+    assert restored.suggest("more") is None        # num_samples asked, three still running: wait
+    for trial_id in ("stopped", "next", "new"):
+        restored.on_trial_complete(trial_id, error=True)
+    assert restored.suggest("more") == "FINISHED" and restored.done()
 
 
 @pytest.mark.integration
