@@ -20,7 +20,8 @@ batch b take the same steps as one process with batch W·b (the launcher is swee
   update, when its parameters do not require gradients). DDP registers its gradient hooks per
   parameter, and G's backward reaches none of D's, so D's DDP needs no find_unused_parameters;
   D's update is its own backward and optimizer step, then G's, in the one-process order.
-- Buffers are not broadcast by DDP (broadcast_buffers=False): SyncedBatchNorm keeps them equal.
+- DDP sends rank 0's weights and buffers to every rank once, at the start, and the buffers never
+  again (forward_sync_buffers=False): SyncedBatchNorm keeps the running statistics equal.
 
 Not exact, and said so in docs/scaling.md: `data.adjust_fraction` replaces the first rows of each
 rank's slice rather than of the global batch.
@@ -29,15 +30,34 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainable.data import epoch_plan
 from trainable.condition import condition_noise
+from trainable.config import Config, apply_overrides, from_dict
+from trainable.data import epoch_plan
 from trainable.engine import Trainer
 from trainable.gan_step import gan_step
 from trainable.steps import EagerStep
+
+
+class _AllReduce(torch.autograd.Function):
+    """The sum over ranks; its backward is the sum over ranks of the gradients (each rank's loss
+    depends on every rank's values). torch.distributed.nn's own is deprecated in torch 2.13."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        total = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduce.apply(grad)
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduce.apply(x)
 
 
 def world() -> tuple[int, int]:
@@ -57,7 +77,7 @@ class SyncedBatchNorm(nn.BatchNorm2d):
         channels = values.shape[1]
         count = values.new_full((1,), values.numel() / channels)
         local = torch.cat([values.sum((0, 2, 3)), (values * values).sum((0, 2, 3)), count])
-        total = dist_nn.all_reduce(local)             # differentiable: its backward sums over ranks
+        total = all_reduce(local)             # differentiable: its backward sums over ranks
         n = total[-1]
         mean = total[:channels] / n
         var = (total[channels:2 * channels] / n - mean * mean).clamp_min(0)
@@ -97,7 +117,7 @@ def gather_batch(x: torch.Tensor) -> torch.Tensor:
     rank, size = world()
     slots = x.new_zeros((size, *x.shape))
     slots = slots.index_copy(0, torch.tensor([rank], device=x.device), x.unsqueeze(0))
-    return dist_nn.all_reduce(slots).flatten(0, 1)
+    return all_reduce(slots).flatten(0, 1)
 
 
 class RankNets:
@@ -106,7 +126,8 @@ class RankNets:
 
     def __init__(self, trainer: Trainer, device_ids: list[int] | None):
         self.trainer = trainer
-        options = {"device_ids": device_ids, "broadcast_buffers": False}
+        # rank 0's weights and buffers at the start; buffers never again (SyncedBatchNorm keeps them equal)
+        options = {"device_ids": device_ids, "forward_sync_buffers": False}
         self.generator = DistributedDataParallel(trainer.generator, **options)
         self.discriminator = DistributedDataParallel(trainer.discriminator, **options)
 
@@ -185,3 +206,49 @@ class RankStep(EagerStep):
             dist.all_reduce(stacked)
             sums = {key: stacked[i:i + 1] / self.size for i, key in enumerate(keys)}
         return super().end_epoch(sums, steps)
+
+
+class PositionError(ValueError):
+    """A mid-epoch checkpoint whose data position cannot be mapped onto this run's global batch."""
+
+
+def global_batch(cfg: Config, workers: int) -> int:
+    """The batch every step takes across `workers` ranks: train.batch_size_total, else batch_size × workers."""
+    total = cfg.train.batch_size_total or cfg.train.batch_size * workers
+    if total % workers:
+        raise ValueError(f"train.batch_size_total={total} does not split into {workers} equal parts")
+    if total // workers < 2:
+        raise ValueError(f"train.batch_size_total={total} leaves {total // workers} image per worker; "
+                         "BatchNorm needs at least 2")
+    return total
+
+
+def rank_config(cfg: Config, workers: int) -> Config:
+    """The config every rank trains: with train.scale_lr, both lrs × global batch / batch_size."""
+    if not cfg.train.scale_lr:
+        return cfg
+    factor = global_batch(cfg, workers) / cfg.train.batch_size
+    return apply_overrides(cfg, {"optim.lr_generator": cfg.optim.lr_generator * factor,
+                                 "optim.lr_discriminator": cfg.optim.lr_discriminator * factor,
+                                 "train.scale_lr": False})
+
+
+def with_world(state: dict, workers: int, batch: int) -> dict:
+    """A trainer state marked with the world it was saved in (a resume maps its data position)."""
+    return {**state, "world_size": workers, "global_batch": batch}
+
+
+def check_position(state: dict, workers: int, batch: int, restart_epoch: bool) -> dict:
+    """The state to resume with `workers` ranks at global batch `batch`. Between epochs any world
+    size resumes; mid-epoch the position is a step of the saved global batch's plan, which maps only
+    onto the same global batch; `restart_epoch` starts that epoch over (weights as saved)."""
+    saved_batch = state.get("global_batch", from_dict(state["config"]).train.batch_size)
+    if not state.get("epoch_step") or saved_batch == batch:
+        return state
+    if restart_epoch:
+        return {**state, "epoch_step": 0, "rng": state["epoch_rng"], "epoch_rng": None, "epoch_sums": {}}
+    raise PositionError(
+        f"the checkpoint stopped at step {state['epoch_step']} of epoch {state['epoch'] + 1} with a global "
+        f"batch of {saved_batch} ({state.get('world_size', 1)} worker(s)); {workers} worker(s) take "
+        f"{batch}, so its data position cannot be mapped: rerun with --restart-epoch to start epoch "
+        f"{state['epoch'] + 1} over, or with --workers {state.get('world_size', 1)}")
