@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -151,7 +152,9 @@ def start_ray(address: str | None) -> dict[str, float]:
     import ray
     if not ray.is_initialized():
         if address is None and "RAY_ADDRESS" not in os.environ:
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"      # loopback only, as sweep.launch
+        # a local cluster's token notice, which would be the line before an error's one line
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=True,
                  runtime_env=RUNTIME_ENV)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
