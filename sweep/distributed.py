@@ -84,17 +84,17 @@ def _position(state: dict) -> tuple[int, int, int]:
     return state["epoch"], state["step"], state["epoch_step"]
 
 
-def latest_state(initial: dict | None, initial_history: list[dict]) -> tuple[dict | None, list[dict]]:
-    """(state, metrics rows so far): the newer of Ray Train's latest checkpoint of this run and the
-    run folder's state the driver passed."""
+def latest_state(initial: dict | None, initial_history: list[dict]) -> tuple[dict | None, list[dict], str]:
+    """(state, metrics rows so far, where from): the newer of Ray Train's latest checkpoint of this
+    run and the run folder's state the driver passed."""
     import ray.train
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             restored, rows = load_checkpoint(folder), read_metrics(Path(folder) / HISTORY)
         if initial is None or _position(restored) >= _position(initial):
-            return restored, rows
-    return initial, initial_history
+            return restored, rows, f"Ray Train's checkpoint {checkpoint.path}"
+    return initial, initial_history, "the run folder's checkpoint"
 
 
 def train_worker(config: dict) -> None:
@@ -107,9 +107,11 @@ def train_worker(config: dict) -> None:
     cfg = apply_overrides(from_dict(config["config"]), {"train.device": str(ray.train.torch.get_device())})
     setup_process(cfg)
     trainer = Trainer(cfg)
-    state, history = latest_state(config["initial_state"], config["initial_history"])
+    state, history, source = latest_state(config["initial_state"], config["initial_history"])
     if state is not None:
         trainer.load_state_dict(check_position(state, workers, config["global_batch"], config["restart_epoch"]))
+        if rank == 0:
+            print(f"resumed at epoch {trainer.epoch} from {source}", flush=True)
     group = RankStep(trainer, config["global_batch"])
 
     def sink(row: dict, state: dict | None, grid) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import shutil
 import subprocess
@@ -69,6 +70,8 @@ def test_final_on_two_workers_resumes_after_sigkill(smoke_sweep_dir, tmp_path):
     rerun = subprocess.run(final_command(sweep_dir), env=launch_env(), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "2 workers (gloo), global batch" in rerun.stdout
+    resumed = re.search(r"resumed at epoch (\d+) from Ray Train's checkpoint", rerun.stdout + rerun.stderr)
+    assert resumed and int(resumed.group(1)) >= 1, rerun.stdout[-3000:]
     assert epochs_logged(sweep_dir) == list(range(1, EPOCHS + 1))
     record = json.loads((sweep_dir / "final" / "final.json").read_text())
     assert final_run_ids(client) - runs_before == {record["mlflow_run_id"]}      # one run across the kill
