@@ -29,7 +29,7 @@ import yaml
 from sweep.ray_worker import RUNTIME_ENV
 from trainable.checkpoint import load_checkpoint, safe_load, save_checkpoint
 from trainable.config import Config, ConfigError, apply_overrides, from_dict, to_dict
-from trainable.engine import Trainer, resolve_device, setup_process
+from trainable.engine import Trainer, check_resumable, resolve_device, setup_process
 from trainable.files import folder_problem, write_text_atomic
 from trainable.layout import CHECKPOINT_DIR, CONFIG_FILE, LATEST, METRICS_FILE
 from trainable.loop import read_metrics, report_of, run_epochs, train_epoch
@@ -162,12 +162,14 @@ def start_ray(address: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
-def local_state(directory: Path, workers: int, batch: int, restart_epoch: bool) -> tuple[dict | None, list[dict]]:
+def local_state(directory: Path, cfg: Config, workers: int, batch: int,
+                restart_epoch: bool) -> tuple[dict | None, list[dict]]:
     """The run folder's checkpoint (a one-process run's, or the copy of the last distributed one),
     checked against this world before anything starts, and its metrics rows."""
     state = load_checkpoint(directory / CHECKPOINT_DIR)
     if state is None:
         return None, []
+    check_resumable(state, cfg)                    # another config's checkpoint: one line, here
     rows = [row for row in read_metrics(directory / METRICS_FILE) if row["epoch"] <= state["epoch"]]
     return check_position(state, workers, batch, restart_epoch), rows
 
@@ -184,7 +186,7 @@ def run_distributed(cfg: Config, directory: str | Path, workers: int | None = No
     batch = global_batch(cfg, workers)
     train_cfg = rank_config(cfg, workers)
     directory.mkdir(parents=True, exist_ok=True)
-    initial, rows = local_state(directory, workers, batch, restart_epoch)
+    initial, rows = local_state(directory, train_cfg, workers, batch, restart_epoch)
     write_text_atomic(directory / CONFIG_FILE, yaml.safe_dump(to_dict(train_cfg), sort_keys=False))
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -200,7 +202,13 @@ def run_distributed(cfg: Config, directory: str | Path, workers: int | None = No
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              callbacks=[folder_callback(directory, on_report)]))
-    result = trainer.fit()
+    from ray.train import TrainingFailedError
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RuntimeError(f"the workers failed ({first}); their logs are above, and the same command "
+                           "resumes from the last checkpoint") from None
     with result.checkpoint.as_directory() as folder:
         state = safe_load(Path(folder) / LATEST)
     final = Trainer(apply_overrides(train_cfg, {"train.device": str(resolve_device("auto"))}))
@@ -234,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DistributedError, PositionError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
