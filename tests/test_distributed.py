@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from sweep import distributed, final
-from tests.helpers import launch_env, tiny_config, wait_until
+from tests.helpers import TINY, launch_env, tiny_config, wait_until
 from trainable import train
 from trainable.checkpoint import save_checkpoint
 from trainable.config import to_dict
@@ -121,7 +121,7 @@ def test_bad_input_needing_the_cluster_gets_one_line(tmp_path, capsys):
     exit 2, one line, nothing written."""
     import ray
     folder = tmp_path / "run"
-    flags = ["--checkpoints-path", str(folder), "--set", "train.device=cpu", "--set", "model.width=0.125"]
+    flags = ["--checkpoints-path", str(folder), *[arg for item in TINY for arg in ("--set", item)]]
     try:
         assert distributed.main([*flags, "--workers", "64"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -130,12 +130,15 @@ def test_bad_input_needing_the_cluster_gets_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--backend nccl needs GPUs" in err[0]
         assert not folder.exists()
-        cfg = tiny_config("model.width=0.125")
+        cfg = tiny_config()
         state = {**Trainer(cfg).state_dict(), "epoch_step": 2, "epoch_rng": torch.get_rng_state()}
         save_checkpoint(folder / "checkpoint", with_world(state, 1, cfg.train.batch_size))
         assert distributed.main([*flags, "--workers", "2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "cannot be mapped: rerun with --restart-epoch" in err[0]
+        assert distributed.main([*flags, "--workers", "1", "--set", "model.width=0.25"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another config (model.width: 0.125 → 0.25)" in err[0]
         assert sorted(p.name for p in folder.iterdir()) == ["checkpoint"]
     finally:
         ray.shutdown()
