@@ -26,6 +26,7 @@ from trainable.engine import Trainer
 from trainable.parallel import PositionError, check_position, global_batch, rank_config, with_world
 
 EPOCHS = 12
+LONG = 20        # epochs of the worker-loss run: time to kill a worker before it ends
 
 
 def final_command(sweep_dir: Path) -> list[str]:
@@ -51,7 +52,8 @@ def final_run_ids(client: MlflowClient) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_final_on_two_workers_resumes_after_sigkill(smoke_sweep_dir, tmp_path):
-    """SIGKILL the driver once its first checkpoint is on storage, run the same command again: all
+    """SIGKILL the driver once its first checkpoint is on storage, run the same command again: it
+    resumes from Ray Train's checkpoint, and all
     epochs once in metrics.jsonl and in one MLflow run, and an export the colorizer takes."""
     sweep_dir = smoke_sweep_dir
     shutil.rmtree(sweep_dir / "final", ignore_errors=True)
@@ -61,7 +63,9 @@ def test_final_on_two_workers_resumes_after_sigkill(smoke_sweep_dir, tmp_path):
     with open(log, "w") as out:
         process = subprocess.Popen(final_command(sweep_dir), env=launch_env(), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    assert wait_until(lambda: bool(storage_checkpoints(sweep_dir)), process), log.read_text()[-3000:]
+    # registered: on storage, and copied to the run folder by the controller after Ray Train took it
+    registered = lambda: bool(storage_checkpoints(sweep_dir)) and (sweep_dir / "final" / "checkpoint" / "latest.pt").exists()
+    assert wait_until(registered, process), log.read_text()[-3000:]
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
@@ -142,3 +146,33 @@ def test_bad_input_needing_the_cluster_gets_one_line(tmp_path, capsys):
         assert sorted(p.name for p in folder.iterdir()) == ["checkpoint"]
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_lost_worker_is_restarted_from_the_last_checkpoint(tmp_path):
+    """SIGKILL rank 1 once Ray Train has registered a checkpoint (the controller has copied it to the
+    run folder; one only on storage is not yet the run's): FailureConfig restarts the worker group
+    from it and `trainable.train --workers 2` ends with every epoch once."""
+    folder = tmp_path / "run"
+    log = tmp_path / "run.log"
+    command = [sys.executable, "-m", "trainable.train", "--workers", "2", "--max-failures", "1",
+               "--checkpoints-path", str(folder), *[arg for item in TINY for arg in ("--set", item)],
+               "--set", f"train.epochs={LONG}"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=launch_env(), stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        stored = lambda: (folder / "checkpoint" / "latest.pt").exists()
+        rank1 = lambda: re.search(r"pid=(\d+)\) world_rank=1", log.read_text())     # Ray Train's worker list
+        assert wait_until(lambda: stored() and rank1() is not None, process), log.read_text()[-3000:]
+        os.kill(int(rank1().group(1)), signal.SIGKILL)
+        assert process.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    resumed = re.search(r"resumed at epoch (\d+) from Ray Train's checkpoint", text)
+    assert resumed and 1 <= int(resumed.group(1)) < LONG, text[-3000:]
+    rows = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(1, LONG + 1))
