@@ -8,6 +8,8 @@ evaluated on its whole validation split instead, and says so. Running the same c
 resumes from `SWEEP/final/checkpoint`. The MLflow run (tags colorsweep.role=final, final=true) is a
 child of the sweep's parent run and names the sweep and the trial; its id is kept in
 `final/final.json` so a resumed run logs into the same run, each epoch and the test metrics once.
+`--workers N` trains data-parallel on Ray Train workers (sweep/distributed.py, docs/scaling.md); by
+default where this machine has several GPUs, one worker per GPU.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +29,7 @@ from analysis.sweep_table import Sweep, SweepError
 from analysis.store import StoreError
 from analysis.rank import ranked
 from trainable.files import write_png
+from sweep.distributed import distributed_options
 from sweep.register import register
 from trainable.checkpoint import load_checkpoint
 from trainable.config import Config, ConfigError, apply_overrides, flatten, from_dict, parse_assignment, to_dict
@@ -37,6 +41,7 @@ from trainable.files import write_text_atomic
 from trainable.layout import (CONFIG_FILE, FINAL_DIR, FINAL_RECORD, GENERATOR, METRICS_FILE, SAMPLES,
                               TEST_METRICS)
 from trainable.loop import read_metrics, run_training
+from trainable.train import add_parallel_arguments, check_parallel_arguments
 
 EPOCH_FACTOR = 4      # default final length: this many times the trial's epochs
 SUMMARY = ("test_control_error", "test_realism_abhist", "test_pixel_acc_5", "test_psnr", "test_fid")
@@ -101,7 +106,22 @@ def write_record(directory: Path, record: dict) -> None:
 
 def log_new_epochs(sweep: Sweep, run_id: str, rows: Sequence[dict]) -> None:
     """Log metrics.jsonl rows whose epoch the MLflow run does not hold yet."""
-    tracking.log_new_steps(sweep.state, run_id, {row["epoch"]: row for row in rows}, "epoch")
+    log_new_rows(sweep.state, run_id, rows)
+
+
+def log_new_rows(state, run_id: str, rows: Sequence[dict]) -> None:
+    tracking.log_new_steps(state, run_id, {row["epoch"]: row for row in rows}, "epoch")
+
+
+def log_reported_row(state, run_id: str, row: dict) -> None:
+    """A data-parallel run's report, on the driver's node (sweep/distributed.py); picklable."""
+    log_new_rows(state, run_id, [row])
+
+
+def parallel(args: argparse.Namespace) -> bool:
+    """Data parallel when --workers is given, or by default where the driver sees several GPUs."""
+    import torch
+    return args.workers is not None or torch.cuda.device_count() > 1
 
 
 def finish(sweep: Sweep, trainer, directory: Path, record: dict) -> dict:
@@ -133,8 +153,9 @@ def split_name(cfg: Config) -> str:
 
 
 def run_final(sweep_dir: Path, rank: int = 1, epochs: int | None = None,
-              sets: Sequence[str] = ()) -> tuple[dict, str]:
-    """→ (the test metrics, the split they were measured on)."""
+              sets: Sequence[str] = (), distributed: dict | None = None) -> tuple[dict, str]:
+    """→ (the test metrics, the split they were measured on). `distributed`: run_distributed's
+    keywords, for a data-parallel run on Ray Train workers."""
     sweep = load_sweep(sweep_dir)
     trial = pick_trial(sweep, rank)
     cfg = final_config(trial_config(sweep, trial), epochs, sets)
@@ -143,8 +164,13 @@ def run_final(sweep_dir: Path, rank: int = 1, epochs: int | None = None,
     record = start_run(sweep, trial, cfg, read_record(directory, str(trial["trial_id"])), directory)
     print(f"final run of trial {trial['trial_id']} (rank {rank}) for {cfg.train.epochs} epochs in {directory}")
     log_new_epochs(sweep, record["mlflow_run_id"], read_metrics(directory / METRICS_FILE))
-    trainer = run_training(cfg, directory,
-                           on_report=lambda _, row: log_new_epochs(sweep, record["mlflow_run_id"], [row]))
+    if distributed is not None:
+        from sweep.distributed import run_distributed
+        trainer = run_distributed(cfg, directory, **distributed,
+                                  on_report=partial(log_reported_row, sweep.state, record["mlflow_run_id"]))
+    else:
+        trainer = run_training(cfg, directory,
+                               on_report=lambda _, row: log_new_epochs(sweep, record["mlflow_run_id"], [row]))
     return finish(sweep, trainer, directory, record), split_name(cfg)
 
 
@@ -156,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"epochs of the final run (default {EPOCH_FACTOR}× the trial's)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="config override applied last (repeatable)")
+    add_parallel_arguments(parser)
     return parser
 
 
@@ -164,8 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rank < 1 or (args.epochs is not None and args.epochs < 1):
         parser.error("--rank and --epochs must be >= 1")
+    check_parallel_arguments(parser, args)
     try:
-        test, split = run_final(Path(args.sweep), args.rank, args.epochs, args.sets)
+        distributed = distributed_options(args) if parallel(args) else None
+        test, split = run_final(Path(args.sweep), args.rank, args.epochs, args.sets, distributed)
     except (SweepError, ConfigError, ModelError, ValueError, StoreError, FidError, MlflowException) as err:
         print(f"sweep.final: {str(err).strip(chr(34) + chr(39))}", file=sys.stderr)
         return 2

@@ -113,8 +113,8 @@ def draw_targets(noise: torch.Tensor, real_stats: torch.Tensor, names: tuple[str
     return Targets(names, values, present, own)
 
 
-def per_image_control_loss(fake_rgb: torch.Tensor, targets: Targets,
-                           weights: torch.Tensor) -> dict[str, torch.Tensor]:
+def per_image_control_loss(fake_rgb: torch.Tensor, targets: Targets, weights: torch.Tensor,
+                           gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Σ_p λ_p · mean over images where p is present of d_p(p(fake_i), σ_i) (hue: shortest arc).
 
     Returns {"loss_control": scalar, "control_error_<p>": that mean, detached}."""
@@ -124,6 +124,8 @@ def per_image_control_loss(fake_rgb: torch.Tensor, targets: Targets,
     for index, name in enumerate(targets.names):
         present = targets.present[:, index]
         gaps = distance(name, stats[name], targets.values[:, index])
+        if gather is not None:                   # one rank of several: the global batch's ratio
+            gaps, present = gather(gaps), gather(present)
         error = (gaps * present).sum() / present.sum().clamp_min(1)
         total = total + weights[index] * error
         terms[f"control_error_{name}"] = error.detach()
@@ -149,14 +151,17 @@ class Conditioning:
         return targets, Targets(self.names, real, targets.present, torch.ones_like(targets.own))
 
     def generator_terms(self, fake_rgb: torch.Tensor, fake_ab: torch.Tensor, reference_ab: torch.Tensor,
-                        targets: Targets, l1_everywhere: bool) -> dict[str, torch.Tensor]:
+                        targets: Targets, l1_everywhere: bool,
+                        gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The per-image control loss and the L1 term: over the own-statistics images (where the
         ground truth agrees with the target), or over every image when `reference_ab` is the
         ground truth adjusted to each image's targets (`l1_everywhere`)."""
         per_image = (fake_ab - reference_ab).abs().mean(dim=(1, 2, 3))
         share = torch.ones_like(targets.own) if l1_everywhere else targets.own
+        if gather is not None:
+            per_image, share = gather(per_image), gather(share)
         l1 = (per_image * share).sum() / share.sum().clamp_min(1)
-        return {"loss_l1": l1, **per_image_control_loss(fake_rgb, targets, self.weights)}
+        return {"loss_l1": l1, **per_image_control_loss(fake_rgb, targets, self.weights, gather)}
 
 
 def control_grid(name: str, bounds: tuple[float, float]) -> tuple[float, ...]:

@@ -135,6 +135,8 @@ class TrainConfig:
     realism_images: int = 50      # natural reference images per target (val_kid_controlled, val_artefact)
     # a mid-epoch checkpoint every N steps, '500 steps', or a duration ('10m', '90s'); 0 = at epoch ends only
     checkpoint_every: int | str = 0
+    batch_size_total: int = 0     # data-parallel (--workers N): the global batch; 0 = batch_size × N
+    scale_lr: bool = False        # data-parallel: both lrs × (global batch / batch_size)
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,8 @@ def _validate(cfg: Config) -> None:
     _check("train.epochs", t.epochs >= 1, "must be >= 1")
     _check("train.batch_size", t.batch_size >= 2, "must be >= 2 (BatchNorm)")
     _check("train.eval_batch_size", t.eval_batch_size >= 1, "must be >= 1")
+    _check("train.batch_size_total", t.batch_size_total == 0 or t.batch_size_total >= 2,
+           "must be 0 (batch_size × workers) or >= 2")
     _check("train.device", t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
            f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     _check("train.precision", t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")

@@ -109,6 +109,9 @@ class Trainer:
         # Where an epoch stopped mid-way (trainable.loop.Interrupted): steps done, the data generator
         # as the epoch began (its plan is drawn again) and the loss sums so far; 0/None/{} between epochs.
         self.epoch_step, self.epoch_rng, self.epoch_sums = 0, None, {}
+        # One rank of several (trainable.parallel): per-image statistics of this rank's slice → those
+        # of the global batch, before a batch mean that is not a mean of per-rank means; None alone.
+        self.gather = None
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,

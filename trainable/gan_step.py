@@ -9,7 +9,7 @@ trial's inputs and losses are computed by pure functions of its tensors and its 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -23,9 +23,10 @@ from trainable.losses import discriminator_loss, generator_loss
 Tensor = torch.Tensor
 
 
-class Trial(Protocol):        # a Trainer: its config and its conditioned statistics, if any
+class Trial(Protocol):        # a Trainer: its config, its conditioned statistics, its rank's gather
     cfg: Config
     conditioning: Conditioning | None
+    gather: Callable[[Tensor], Tensor] | None
 
 
 class Nets(Protocol):
@@ -57,8 +58,9 @@ def generator_losses(trial: Trial, fake_logits: Tensor, fake_ab: Tensor, fake_rg
     """One trial's generator losses; a conditioned trial's own L1 and per-image control terms."""
     loss_cfg = trial.cfg.loss
     conditioned = None if targets is None else trial.conditioning.generator_terms(
-        fake_rgb, fake_ab, l1_ab, targets, l1_everywhere=loss_cfg.l1_target == "adjusted")
-    return generator_loss(full_precision(fake_logits), fake_ab, l1_ab, fake_rgb, loss_cfg, conditioned)
+        fake_rgb, fake_ab, l1_ab, targets, l1_everywhere=loss_cfg.l1_target == "adjusted", gather=trial.gather)
+    return generator_loss(full_precision(fake_logits), fake_ab, l1_ab, fake_rgb, loss_cfg, conditioned,
+                          gather=trial.gather)
 
 
 def _conditions(trials: Sequence[Trial], drawn: list, stacked: bool) -> tuple[Tensor | None, Tensor | None]:

@@ -9,13 +9,15 @@ defaults < CONFIG < seed flags < --set. The checkpoint folder holds `checkpoint/
 `previous.pt`), `config.yaml` and `metrics.jsonl`; running the same command again resumes, and a
 larger `--epochs` continues from the last finished epoch. `--set train.checkpoint_every=500` (steps)
 or `=10m` also checkpoints inside epochs, so a kill loses at most that much: the same command goes on
-at the next batch.
+at the next batch. `--workers N` trains data-parallel on Ray Train workers: `python -m
+sweep.distributed` with the same flags, in its own process.
 Exit status: 0 trained (or trained already), 2 bad config, flags, data or checkpoint folder (one
 line, before anything is written), 130 interrupted by Ctrl+C (the same command resumes).
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dotted override, e.g. --set model.width=0.25 (repeatable)")
     parser.add_argument("--checkpoints-path", default="./checkpoints", help="checkpoint folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parallel_arguments(parser)
     seed = parser.add_argument_group("seed-project flags")
     seed.add_argument("--seed", type=int)
     seed.add_argument("--dataset")
@@ -58,6 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
         seed.add_argument(f"--desired-{name}", type=float, help=f"target {name}")
         seed.add_argument(f"--{name}-weight", type=float, help=f"λ of the {name} term")
     return parser
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data-parallel flags; the run itself is sweep/distributed.py's (Ray Train)."""
+    group = parser.add_argument_group("data-parallel training on Ray Train workers (docs/scaling.md)")
+    group.add_argument("--workers", type=int, default=None,
+                       help="workers, one process each (GPU or CPU), DDP; default here: one process, no Ray")
+    group.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto",
+                       help="collectives: auto = NCCL on GPUs, gloo on CPUs")
+    group.add_argument("--address", default=None, help="a running Ray cluster (default: a local one)")
+    group.add_argument("--storage", default=None,
+                       help="Ray Train's storage (default: ray_train/ in the run folder; a shared path on a cluster)")
+    group.add_argument("--max-failures", type=int, default=3, help="restarts of a lost worker group")
+    group.add_argument("--restart-epoch", action="store_true",
+                       help="resume a mid-epoch checkpoint of another global batch at its epoch's start")
+
+
+def check_parallel_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.max_failures < -1:
+        parser.error(f"--max-failures must be >= -1 (-1: no limit), got {args.max_failures}")
 
 
 def seed_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -93,6 +118,10 @@ def config_from_args(args: argparse.Namespace):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_parallel_arguments(parser, args)
+    if args.workers is not None:      # Ray Train's run; trainable imports no Ray, so in its own process
+        given = sys.argv[1:] if argv is None else list(argv)
+        return subprocess.run([sys.executable, "-m", "sweep.distributed", *given]).returncode
     try:
         cfg = config_from_args(args)
     except ConfigError as err:        # one line; the usage would bury it
