@@ -247,6 +247,20 @@ def target_error(lab: torch.Tensor, targets: Mapping[str, torch.Tensor | float])
     return {name: distance(name, achieved[name], _per_image(t, achieved[name])) for name, t in targets.items()}
 
 
+REACH_TOLERANCE = 0.01        # |p(adjusted) − σ| that counts as reached (hue: turns of arc)
+
+
+def reachable_share(lab: torch.Tensor, name: str, targets: torch.Tensor | list[float]) -> float:
+    """The share of (image, target) pairs for which adjust_to_targets moves an image of `lab` to
+    within REACH_TOLERANCE of a target of statistic `name`: how much of a range the projection
+    (model.output=projected) can meet on such images."""
+    reached = []
+    for target in torch.as_tensor(targets, dtype=lab.dtype).tolist():
+        error = target_error(adjust_to_targets(lab, {name: target}), {name: target})[name]
+        reached.append(error <= REACH_TOLERANCE)
+    return float(torch.cat(reached).float().mean())
+
+
 def batch_targets(loss_cfg: LossConfig, requested: Targets | None = None,
                   own: Targets | None = None) -> dict[str, torch.Tensor | float]:
     """What a training batch is adjusted to: a conditioned trainer's per-image requested targets (a
