@@ -86,9 +86,9 @@ def hue_rows(trainer: Trainer) -> dict[str, float]:
     return grid_metrics("hue", HUE_GRID, stats)
 
 
-def strip(trainer: Trainer, name: str, values: tuple[float, ...], path: Path) -> None:
-    """Rows: STRIP_IMAGES validation images; columns: gray, one per target value, real. 2× size."""
-    real = trainer.data.val[:STRIP_IMAGES]
+def strip(trainer: Trainer, name: str, values: tuple[float, ...], path: Path, count: int = STRIP_IMAGES) -> None:
+    """Rows: `count` validation images; columns: gray, one per target value, real. 2× size."""
+    real = trainer.data.val[:count]
     gray = real[:, :1]
     columns = [torch.cat([gray, torch.zeros_like(real[:, 1:])], 1)]
     for value in values:

@@ -24,11 +24,17 @@ from trainable.config import load_config
 from trainable.engine import Trainer, setup_process
 from trainable.loop import steps_for
 
-BASE = ["data.dataset=synthetic", "data.synthetic_size=704", "train.batch_size=64", "train.device=cpu",
+BASE = ["data.dataset=synthetic", "train.batch_size=64", "train.device=cpu",
         "train.precision=fp32"]
 CONTROLS = {"saturation fixed 0.3": ["loss.saturation.weight=5", "loss.saturation.target=0.3"],
             "saturation conditioned": ["model.conditioning=film", "loss.saturation.weight=5",
                                        "loss.saturation.range=[0.1,0.6]"]}
+
+
+def synthetic_size(steps: int) -> int:
+    """Images enough for the warm-up and `steps` timed batches of 64 in one epoch, after the
+    validation split (data.val_fraction 0.1) is held out."""
+    return 64 * (steps + 2) * 10 // 9 + 64
 
 
 def step_seconds(overrides: list[str], steps: int) -> float:
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'width':>5}  {'control':<24} {'learned s':>9} {'projected s':>11} {'ratio':>6}")
     for width in args.widths:
         for label, control in CONTROLS.items():
-            common = [*BASE, f"model.width={width}", f"train.threads={args.threads}", *control]
+            common = [*BASE, f"data.synthetic_size={synthetic_size(args.steps)}", f"model.width={width}", f"train.threads={args.threads}", *control]
             learned = step_seconds(common + ["model.output=learned"], args.steps)
             projected = step_seconds(common + ["model.output=projected"], args.steps)
             print(f"{width:5g}  {label:<24} {learned:9.3f} {projected:11.3f} {projected / learned:6.2f}", flush=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.adjust import (adjust_to_targets, batch_targets, project_to_gamut, target_error, unclipped_rgb,
-                              training_views)
+from trainable.adjust import (adjust_to_targets, batch_targets, project_to_gamut, reachable_share, target_error,
+                              unclipped_rgb, training_views)
 from tests.helpers import tiny_config
 from trainable.color import image_statistics, lab_normalized_to_rgb, rgb_to_lab_normalized
 from trainable.config import load_config
@@ -139,3 +139,13 @@ def test_reals_replaced_by_adjusted_versions_carry_the_asked_statistics():
     assert real_targets(half, asked, own).values.flatten().tolist() == pytest.approx([0.9, 0.9, 0.2, 0.2])
     assert real_targets(tiny_config(), asked, own) is own
     assert real_targets(tiny_config("loss.control_on=both"), asked, own) is asked
+
+
+def test_reachable_share_counts_the_targets_met(lab):
+    """Each image's own saturation is reached; a gray image has no chroma to scale up."""
+    own_values = own(lab, ["saturation"])["saturation"]
+    assert reachable_share(lab[:1], "saturation", own_values[:1].tolist()) == 1.0
+    gray = torch.cat([lab[:, :1], torch.zeros_like(lab[:, 1:])], 1)
+    both = torch.cat([lab[:1], gray[:1]])
+    assert reachable_share(both, "saturation", [float(own_values[0])]) == 0.5
+    assert reachable_share(gray, "saturation", [0.3, 0.5]) == 0.0

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from trainable.adjust import unclipped_rgb
 from trainable.color import (AB_SCALE, L_SCALE, batch_mean, distance, image_statistics,
-                             lab_normalized_to_rgb, lab_normalized_to_uint8, rgb_to_lab_normalized)
+                             lab_normalized_to_rgb, lab_normalized_to_uint8, rgb_to_lab_normalized,
+                             saturation_from_linear)
 
 torch.set_num_threads(1)
 
@@ -137,3 +139,14 @@ def test_statistics_are_differentiable_through_lab():
     saturation = image_statistics(lab_normalized_to_rgb(lab), ("saturation",))["saturation"].mean()
     saturation.backward()
     assert lab.grad[:, 1].abs().sum().item() > 0
+
+
+def test_saturation_from_linear_rgb_is_the_statistic_of_the_clipped_image():
+    """Lab well outside the gamut too (ab up to ±1.5), black and white L included."""
+    generator = torch.Generator().manual_seed(0)
+    lab = torch.cat([torch.rand(4, 1, 8, 8, generator=generator) * 2 - 1,
+                     (torch.rand(4, 2, 8, 8, generator=generator) - 0.5) * 3], 1)
+    lab[0, 0], lab[1, 1:] = -1.0, 0.0
+    linear = kornia.color.rgb_to_linear_rgb(unclipped_rgb(lab))
+    expected = image_statistics(lab_normalized_to_rgb(lab), ("saturation",))["saturation"]
+    torch.testing.assert_close(saturation_from_linear(linear), expected, atol=1e-5, rtol=0)

@@ -4,7 +4,7 @@
 bit for bit) so that each image's statistics, measured with the control terms' own functions
 (`trainable.color.image_statistics`), meet its targets while the image changes as little as
 possible, and every pixel stays inside the sRGB gamut at its own L:
-- saturation: each pixel's chroma scaled by one factor per image, found by bisection on the exact
+- saturation: each pixel's chroma scaled by one factor per image, found by a secant search on the exact
   statistic; a pixel whose scaled chroma leaves the gamut stops at the gamut bound;
 - hue: ab rotated by the circular difference to the target, re-measured and corrected a few times
   (the saturation-weighted HSV hue is not exactly the Lab hue angle);
@@ -22,14 +22,15 @@ from dataclasses import replace
 import kornia.color
 import torch
 
-from trainable.color import AB_SCALE, distance, image_statistics, l_from_normalized, lab_normalized_to_rgb
+from trainable.color import (AB_SCALE, distance, image_statistics, l_from_normalized, lab_normalized_to_rgb,
+                             saturation_from_linear)
 from trainable.condition import Targets
 from trainable.config import Config, LossConfig
 
 GAMUT_TOLERANCE = 1e-4        # linear RGB: float error of real pixels, well under an 8-bit step
 MAX_CHROMA = 1.5              # normalized ab; no sRGB color has |ab| above ~134 Lab units (1.22)
 CHROMA_BISECTIONS = 11        # gamut bound to 1.5 / 2^11 normalized ab (0.08 Lab units)
-SCALE_STEPS = 10              # false-position steps on the saturation factor
+SCALE_STEPS = 6               # secant steps on the saturation factor, the closed-form first guess included
 LOG2_SCALE_RANGE = (-16.0, 6.0)   # chroma factors 2^-16 (gray) … 64 (every pixel at the gamut bound)
 HUE_ROUNDS = 8
 GRADIENT_STEPS = 12
@@ -114,19 +115,25 @@ def _statistic(lab: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def adjust_saturation(lab: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Scale each image's chroma by the factor that meets its saturation target: a bracketed root
-    search (Illinois false position) in log2 of the factor on the exact statistic, bracketed at 1
-    so an image already on target stays as it is; pixels stop at the gamut bound."""
+    """Scale each image's chroma by the factor that meets its saturation target: a safeguarded
+    secant search in log2 of the factor on the exact statistic (Dekker's method), pixels stopping
+    at the gamut bound. Its first point is closed-form, the factor σ / p(image) (HSV saturation
+    grows about in proportion to chroma), so a few secant steps suffice; the bracket [1, the range's
+    end] keeps it safe, and an image already on target stays as it is."""
     lightness, ab = lab[:, :1], lab[:, 1:]
     chroma, direction = _polar(ab)
     limit = torch.maximum(max_chroma(lightness, direction), chroma)   # real pixels are in gamut
+    fy = (l_from_normalized(lightness) + 16.0) / 116.0
+
+    def scaled_ab(log2_factor: torch.Tensor) -> torch.Tensor:
+        return direction * torch.minimum(chroma * torch.exp2(log2_factor).view(-1, 1, 1, 1), limit)
 
     def scaled(log2_factor: torch.Tensor) -> torch.Tensor:
-        factor = torch.exp2(log2_factor).view(-1, 1, 1, 1)
-        return torch.cat([lightness, direction * torch.minimum(chroma * factor, limit)], dim=1)
+        return torch.cat([lightness, scaled_ab(log2_factor)], dim=1)
 
     def gap(log2_factor: torch.Tensor) -> torch.Tensor:
-        return _statistic(scaled(log2_factor), "saturation") - target
+        moved = scaled_ab(log2_factor)
+        return saturation_from_linear(_linear_rgb_from(fy, moved[:, :1], moved[:, 1:])) - target
 
     zero = torch.zeros_like(target)
     now = gap(zero)
@@ -136,19 +143,19 @@ def adjust_saturation(lab: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     low, high = torch.where(raise_it, zero, far), torch.where(raise_it, far, zero)
     gap_low, gap_high = torch.where(raise_it, now, far_gap), torch.where(raise_it, far_gap, now)
     reachable = (gap_low <= 0) & (gap_high >= 0)
-    last_moved = torch.zeros_like(target)                  # −1: low end moved last, +1: high end
+    previous, previous_gap = zero, now
+    guess = torch.log2(target.clamp_min(EPS) / (now + target).clamp_min(EPS))
     for _ in range(SCALE_STEPS):
-        span = gap_high - gap_low
-        guess = torch.where(span > EPS, low - gap_low * (high - low) / span.clamp_min(EPS), (low + high) / 2)
-        guess = torch.minimum(torch.maximum(guess, low), high)
+        inside = (guess > low) & (guess < high)
+        guess = torch.where(inside, guess, (low + high) / 2)
         value = gap(guess)
         below = value < 0
-        # Illinois: when the same end moves twice running, halve the other end's value
-        gap_high = torch.where(below & (last_moved < 0), gap_high / 2, gap_high)
-        gap_low = torch.where(~below & (last_moved > 0), gap_low / 2, gap_low)
         low, gap_low = torch.where(below, guess, low), torch.where(below, value, gap_low)
         high, gap_high = torch.where(below, high, guess), torch.where(below, gap_high, value)
-        last_moved = torch.where(below, -torch.ones_like(target), torch.ones_like(target))
+        span = value - previous_gap
+        secant = guess - value * (guess - previous) / torch.where(span.abs() > EPS, span, torch.ones_like(span))
+        previous, previous_gap = guess, value
+        guess = torch.where(span.abs() > EPS, secant, (low + high) / 2)
     best = torch.where(gap_high.abs() < gap_low.abs(), high, low)
     unreachable_end = torch.where(gap_high < 0, high, low)      # whole bracket on one side of σ
     return scaled(torch.where(reachable, best, unreachable_end))
@@ -238,6 +245,20 @@ def target_error(lab: torch.Tensor, targets: Mapping[str, torch.Tensor | float])
     """Per-image distance to each target (hue by the shortest arc), {name: (N,)}."""
     achieved = image_statistics(lab_normalized_to_rgb(lab), tuple(targets))
     return {name: distance(name, achieved[name], _per_image(t, achieved[name])) for name, t in targets.items()}
+
+
+REACH_TOLERANCE = 0.01        # |p(adjusted) − σ| that counts as reached (hue: turns of arc)
+
+
+def reachable_share(lab: torch.Tensor, name: str, targets: torch.Tensor | list[float]) -> float:
+    """The share of (image, target) pairs for which adjust_to_targets moves an image of `lab` to
+    within REACH_TOLERANCE of a target of statistic `name`: how much of a range the projection
+    (model.output=projected) can meet on such images."""
+    reached = []
+    for target in torch.as_tensor(targets, dtype=lab.dtype).tolist():
+        error = target_error(adjust_to_targets(lab, {name: target}), {name: target})[name]
+        reached.append(error <= REACH_TOLERANCE)
+    return float(torch.cat(reached).float().mean())
 
 
 def batch_targets(loss_cfg: LossConfig, requested: Targets | None = None,

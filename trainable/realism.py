@@ -246,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import numpy as np
 
+    from trainable.adjust import reachable_share
     from trainable.data import GRAY_CHROMA, mean_chroma, to_lab
     parser = argparse.ArgumentParser(prog="python -m trainable.realism", description=main.__doc__)
     parser.add_argument("npz", help="an .npz file with a uint8 (N, H, W, 3) `images` array")
@@ -253,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="reference images per target (train.realism_images)")
     parser.add_argument("--band", type=float, default=REFERENCE_BAND,
                         help="|statistic − target| of a reference image")
+    parser.add_argument("--reach", type=int, default=0, metavar="N",
+                        help="also print, per statistic, the share of its judged range's grid targets that "
+                             "model.output=projected reaches on the first N colored images")
     args = parser.parse_args(argv)
     try:
         with np.load(args.npz) as archive:
@@ -270,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "hue":
             grid, enough = reference.covered(name, args.images)
             where += f" ({float(enough.float().mean()):.0%} of the circle)"
+        if args.reach and judged is not None:
+            grid = control_grid(name, (0.0, 1.0) if name == "hue" else judged)
+            share = reachable_share(colored[:args.reach], name, list(grid))
+            where += f"; projection reaches {share:.1%} of {len(grid)} targets on {min(args.reach, len(colored))} images"
         print(f"  {name:<13} mean {float(values.mean()):.3f}  {where}")
     return 0
 
