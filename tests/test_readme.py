@@ -26,6 +26,8 @@ MAX_README_LINES = 200                   # a guide; the reference lives in docs/
 # Commands the README shows that this file does not run (a GPU-sized sweep, hours of training, a
 # server), each with what runs it. `tests/...::name` entries are checked to exist.
 COVERED_ELSEWHERE = {
+    "python -m trainable.shards ./places365/train_256_places365standard.tar ./dataset/places-shards":
+        "tests/test_shards.py::test_places365_layout_reads_its_file_list_as_folder_and_as_tar",
     "python -m sweep.dashboard sweeps/saturation":
         "tests/test_dashboard.py::test_dashboard_answers_for_the_sweeps_study",
     "python -m pip install torch==2.13.0": ".ci/run",
