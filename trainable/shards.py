@@ -208,7 +208,7 @@ def _results(tasks: list, workers: int):
         yield from pool.imap_unordered(_run_task, tasks)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainable.shards", description=__doc__.split("\n")[0])
     parser.add_argument("src", help="image folder, Places365 folder or .tar, CIFAR-10 folder/archive, or .npz")
     parser.add_argument("dst", help="folder for the shards (new, empty, or an unfinished conversion)")
@@ -224,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.size < 8 or args.shard_images < 1 or not 0 < args.val_fraction < 1 or not 1 <= args.quality <= 100:
         parser.error("--size must be >= 8, --shard-images >= 1, --val-fraction in (0, 1), --quality in 1..100")
