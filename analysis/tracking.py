@@ -71,6 +71,20 @@ def logged_steps(client: MlflowClient, run_id: str, key: str = STEP_METRIC) -> s
     return {m.step for m in client.get_metric_history(run_id, key)}
 
 
+def report_position(result: Mapping) -> tuple[float, float]:
+    """Where in training a report was made: (epoch, step inside it)."""
+    return float(result.get("epoch", -1)), float(result.get("epoch_step", 0))
+
+
+def logged_position(client: MlflowClient, run_id: str, step: int) -> tuple[float, float] | None:
+    """The report_position of the report logged at `step`, None when nothing is."""
+    found = {key: [m.value for m in client.get_metric_history(run_id, key) if m.step == step]
+             for key in ("epoch", "epoch_step")}
+    if not found["epoch"]:
+        return None
+    return report_position({"epoch": found["epoch"][-1], "epoch_step": (found["epoch_step"] or [0])[-1]})
+
+
 def log_file(client: MlflowClient, run_id: str, path: str | os.PathLike, artifact_path: str | None,
              name: str | None = None) -> None:
     """Log one file, under `name` when given (a copy, so the name is ours, not the source's)."""
@@ -150,6 +164,7 @@ class SweepTracker:
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}          # trial_id → run_id
         self._last_step: dict[str, float] = {}   # trial_id → last logged step
+        self._last_position: dict[str, tuple[float, float] | None] = {}   # trial_id → its report_position
 
     def __getstate__(self) -> dict:
         """Tune pickles it into the sweep folder: without a database password (a restored sweep
@@ -178,22 +193,25 @@ class SweepTracker:
             run_id = found[0].info.run_id
             self.client.set_tag(run_id, key, value)
             self._last_step[trial_id] = max(logged_steps(self.client, run_id), default=-1)
+            self._last_position[trial_id] = logged_position(self.client, run_id, self._last_step[trial_id])
             self.client.update_run(run_id, status="RUNNING")
         else:
             tags = {TRIAL_ID: trial_id, ROLE: "trial", PARENT: self.parent_run_id, key: value}
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             log_params(self.client, run_id, params)
-            self._last_step[trial_id] = -1
+            self._last_step[trial_id], self._last_position[trial_id] = -1, None
         self._runs[trial_id] = run_id
         return run_id
 
     def log_result(self, trial_id: str, result: Mapping, step: int, tags: Mapping[str, str]) -> bool:
         """Log one report's metrics at `step` unless that step is already logged (by this launcher,
-        or by the one a trial was taken over from: read when the run was found)."""
-        if step <= self._last_step[trial_id]:
+        or by the one a trial was taken over from: read when the run was found), or the report
+        repeats the last one's position (a trial restored at its end reports once more for Tune)."""
+        position = report_position(result)
+        if step <= self._last_step[trial_id] or position == self._last_position.get(trial_id):
             return False
         log_metrics(self.client, self._runs[trial_id], result, step, tags)
-        self._last_step[trial_id] = step
+        self._last_step[trial_id], self._last_position[trial_id] = step, position
         return True
 
     def log_file(self, trial_id: str, path: str | os.PathLike, artifact_path: str, name: str) -> None:

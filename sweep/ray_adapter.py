@@ -44,7 +44,7 @@ from trainable.config import apply_overrides, flatten, from_dict, to_dict
 from trainable.engine import Trainer, setup_process
 from trainable.export import export_generator
 from trainable.layout import GENERATOR, INTERRUPTED_DIR, LATEST, PREVIOUS, REPORT, SAMPLES
-from trainable.interval import Clock
+from trainable.interval import Clock, Interval
 from trainable.loop import Interrupted, LocalRun, Midway, Report, checkpoints, report_midway, run_epochs
 
 PACKED_TRIAL_CPU = 0.05
@@ -291,12 +291,13 @@ class StudySearcher(Searcher):
         self._study = None
 
 
-def lapsed_checkpoints(folder: Path, tune_trial_id: str, report_every: int) -> list[tuple[Path, int, int]]:
+def lapsed_checkpoints(folder: Path, tune_trial_id: str, report_every: Interval) -> list[tuple[Path, int, int]]:
     """The checkpoints of Tune trial `tune_trial_id` in another launcher's sweep folder, newest first
     → (its folder, its epoch, the reports the trial had made by then); none when that folder is not
     on this machine or the trial never saved one. The reports come from Tune's result.json, or, when
     the holder died before its driver wrote that report there, from the epoch (one report every
-    `report_every` epochs, each with its checkpoint)."""
+    `report_every` epochs, each with its checkpoint; with reports counted in steps such a checkpoint
+    is passed over, as its report count is not known)."""
     found = []
     for trial_dir in folder.glob(f"*_{tune_trial_id}_*"):
         reports = _reports(trial_dir)
@@ -305,8 +306,11 @@ def lapsed_checkpoints(folder: Path, tune_trial_id: str, report_every: int) -> l
                 epoch = int(json.loads((checkpoint / REPORT).read_text())["epoch"])
             except (OSError, ValueError, KeyError):
                 continue
-            if (checkpoint / LATEST).exists():
-                found.append((checkpoint, epoch, reports.get(checkpoint.name, math.ceil(epoch / report_every))))
+            counted = reports.get(checkpoint.name)
+            if counted is None and report_every.epochs:
+                counted = math.ceil(epoch / report_every.epochs)
+            if counted is not None and (checkpoint / LATEST).exists():
+                found.append((checkpoint, epoch, counted))
     return sorted(found, key=lambda f: (f[1], f[2]), reverse=True)
 
 

@@ -64,7 +64,7 @@ def postgres_server() -> Iterator[str]:
     run("initdb", "-D", str(folder / "data"), "-U", "postgres", "--auth-local=trust",
         "--auth-host=scram-sha-256", f"--pwfile={folder / 'password'}")
     run("pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w", "start",
-        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=1000")
     try:
         yield f"postgresql://postgres:{password}@127.0.0.1:{port}"
     finally:

@@ -150,6 +150,21 @@ def test_resumed_tracker_logs_each_step_once(built_store, tmp_path):
     assert len(MlflowClient(uri).get_metric_history(run_id, "epoch")) == 3
 
 
+def test_a_report_repeating_the_last_position_is_not_logged_again(built_store, tmp_path):
+    """A trial restored at its last epoch reports once more for Tune (training_iteration one higher):
+    the same report, so no new MLflow step, also when a new tracker (a relaunch) sees it."""
+    uri = store_copy(built_store, tmp_path)
+    experiment, parent = tracking.start_sweep_run(uri, "sweep", None)
+    tracker = tracking.SweepTracker(uri, experiment, parent)
+    assert report(tracker, "t", 1, 0.5, 0.5) and report(tracker, "t", 2, 0.4, 0.4)
+    relaunched = tracking.SweepTracker(uri, experiment, parent)
+    relaunched.trial_run("t", "t", {})
+    assert not relaunched.log_result("t", {"epoch": 2, "val_control_error": 0.4}, 3, {})
+    assert relaunched.log_result("t", {"epoch": 2, "epoch_step": 5, "val_control_error": 0.3}, 3, {})
+    run_id = relaunched.trial_run("t", "t", {})
+    assert sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_control_error")) == [1, 2, 3]
+
+
 def _state(uri: str, parent: str):
     from trainable.layout import SweepState
     return SweepState(False, uri, "sweep", parent)
