@@ -247,12 +247,17 @@ class StudySearcher(Searcher):
         frozen = self.study._storage.get_trial(self.trials[trial_id])
         return None if frozen.state.is_finished() else frozen
 
+    def report_index(self, trial_id: str, result: dict) -> int:
+        """Which report of the trial this is, counting those of a launcher it was taken over from
+        (Tune's training_iteration starts again at 1 after a takeover)."""
+        return int(result["training_iteration"]) + self.offsets.get(trial_id, 0)
+
     def _report(self, trial_id: str, frozen: optuna.trial.FrozenTrial, result: dict | None) -> None:
         """The first objective's value per report (what ASHA compares), also in a multi-objective
         study, where Trial.report refuses: the dashboard draws it as the learning curve. The step
         counts the trial's reports, those of a launcher it was taken over from included."""
         if result and self.metric in result:
-            step = int(result["training_iteration"]) + self.offsets.get(trial_id, 0)
+            step = self.report_index(trial_id, result)
             self.study._storage.set_trial_intermediate_value(frozen._trial_id, step, float(result[self.metric]))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -500,7 +505,7 @@ class TrackingCallback(tune.Callback):
         self._run(trial)
         tags = {"node_ip": str(result.get("node_ip", ""))}
         # the report's index is MLflow's step: unique and rising, also for reports inside an epoch
-        self.tracker.log_result(trial.trial_id, result, int(result["training_iteration"]), tags)
+        self.tracker.log_result(trial.trial_id, result, self.searcher.report_index(trial.trial_id, result), tags)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self._run(trial)
