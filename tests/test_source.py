@@ -70,6 +70,19 @@ def test_a_plan_resumed_from_its_state_dict_gives_the_same_batches(kind, shards)
     assert not torch.equal(other.batch(0), expected[0])                   # the order is the generator's
 
 
+
+@pytest.mark.parametrize("kind", ["memory", "shards"])
+def test_the_parts_of_two_ranks_make_up_the_one_process_batches(kind, shards):
+    """Data-parallel ranks each read their own slice of every global batch, and nothing else."""
+    source = _memory() if kind == "memory" else ShardSource(shards, 16, workers=0)
+    whole = _batches(source.plan([torch.Generator().manual_seed(5)], 4, True), 0, 3)
+    parts = [_batches(source.plan([torch.Generator().manual_seed(5)], 4, True, part=(r, 2)), 0, 3) for r in (0, 1)]
+    for step, batch in enumerate(whole):
+        assert parts[0][step].shape[1] == 2
+        assert torch.equal(torch.cat([parts[0][step], parts[1][step]], 1), batch)
+    with pytest.raises(ValueError, match="no part 0 of 3"):
+        source.plan([torch.Generator()], 4, True, part=(0, 3))
+
 def test_a_pack_on_shards_gives_each_trainer_its_own_batches(shards):
     source = ShardSource(shards, 16, workers=0)
     pack = source.plan([torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], 4, True)

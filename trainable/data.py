@@ -37,12 +37,12 @@ class ColorData(DataSource):
         return len(self.train)
 
     def _draw(self, generators: list[torch.Generator], batch_size: int, flip: bool, start: int,
-              memory_format: torch.memory_format, states: list[torch.Tensor]) -> EpochPlan:
+              memory_format: torch.memory_format, states: list[torch.Tensor], part: slice) -> EpochPlan:
         orders, flips = [], []
         for generator in generators:
             order, flip_mask = epoch_plan(len(self.train), batch_size, generator, flip)
-            orders.append(order)
-            flips.append(flip_mask if flip_mask is not None else torch.zeros_like(order, dtype=torch.bool))
+            orders.append(order[:, part])
+            flips.append(flip_mask[:, part] if flip_mask is not None else torch.zeros_like(order[:, part], dtype=torch.bool))
         device = self.train.device
         return MemoryPlan(self.train, torch.stack(orders, 1).to(device), torch.stack(flips, 1).to(device),
                           memory_format, states, start)

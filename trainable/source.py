@@ -11,6 +11,10 @@ The position contract: a plan is a pure function of the generators' states when 
 `EpochPlan.state_dict()` / `DataSource.resume(state, ...)` carry exactly that. The position lives
 in the plan, not the source, because one source is shared by every trial of a pack.
 
+`part=(r, W)` makes rank r's plan of W data-parallel ranks: the same epoch (drawn whole from the
+same generators), each batch cut to its r-th of W equal slices. Only that slice is gathered or
+decoded, so each rank reads its own part of the data.
+
 Two implementations: in memory (`trainable.data.ColorData`: the whole set one device tensor,
 batches gathered by index) and streamed from shards (`trainable.stream.ShardSource`).
 `trainable.sources.open_source(cfg.data, ...)` picks one; nothing else knows which it got.
@@ -57,19 +61,26 @@ class DataSource(ABC):
 
     @abstractmethod
     def _draw(self, generators: list[torch.Generator], batch_size: int, flip: bool, start: int,
-              memory_format: torch.memory_format, states: list[torch.Tensor]) -> EpochPlan:
-        """The epoch drawn from the generators, its batches from `start` on."""
+              memory_format: torch.memory_format, states: list[torch.Tensor], part: slice) -> EpochPlan:
+        """The epoch drawn from the generators, its batches from `start` on, each cut to `part`."""
 
     def plan(self, generators: list[torch.Generator], batch_size: int, flip: bool, start: int = 0,
-             memory_format: torch.memory_format = torch.contiguous_format) -> EpochPlan:
+             memory_format: torch.memory_format = torch.contiguous_format,
+             part: tuple[int, int] = (0, 1)) -> EpochPlan:
         """One epoch for K trainers (one generator each; every draw of the epoch comes from it)."""
+        rank, size = part
+        if batch_size % size or not 0 <= rank < size:
+            raise ValueError(f"a batch of {batch_size} has no part {rank} of {size} equal parts")
+        share = batch_size // size
         states = [generator.get_state() for generator in generators]
-        return self._draw(generators, batch_size, flip, start, memory_format, states)
+        return self._draw(generators, batch_size, flip, start, memory_format, states,
+                          slice(rank * share, (rank + 1) * share))
 
     def resume(self, state: dict, generators: list[torch.Generator], batch_size: int, flip: bool,
-               memory_format: torch.memory_format = torch.contiguous_format) -> EpochPlan:
+               memory_format: torch.memory_format = torch.contiguous_format,
+               part: tuple[int, int] = (0, 1)) -> EpochPlan:
         """The plan an `EpochPlan.state_dict()` came from, continuing at its next batch (the
         generators are set back to the epoch's start, then drawn from as then)."""
         for generator, saved in zip(generators, state["rng"], strict=True):
             generator.set_state(saved)
-        return self.plan(generators, batch_size, flip, state["step"], memory_format)
+        return self.plan(generators, batch_size, flip, state["step"], memory_format, part)

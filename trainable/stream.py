@@ -102,12 +102,13 @@ def _to_lab_in_parts(batch: torch.Tensor) -> torch.Tensor:
 
 
 class EpochBatches(torch.utils.data.Dataset):
-    """Batch b of one epoch, made in a loader worker: uint8 (B, 3, crop, crop), or Lab with lab."""
+    """Batch b of one epoch, made in a loader worker: uint8 (B, 3, crop, crop), or Lab with lab;
+    only the images of `part` (a slice of the batch: one data-parallel rank's) are read."""
 
     def __init__(self, reader: ShardReader, order: np.ndarray, batch_size: int, crop: int,
-                 flip: bool, seed: int, epoch: int, lab: bool):
+                 flip: bool, seed: int, epoch: int, lab: bool, part: slice = slice(None)):
         self.reader, self.order, self.batch_size, self.crop = reader, order, batch_size, crop
-        self.flip, self.seed, self.epoch, self.lab = flip, seed, epoch, lab
+        self.flip, self.seed, self.epoch, self.lab, self.part = flip, seed, epoch, lab, part
 
     def __len__(self) -> int:
         return max(1, len(self.order) // self.batch_size)
@@ -117,6 +118,8 @@ class EpochBatches(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, b])
         corners = rng.integers(0, self.reader.size - self.crop + 1, (len(items), 2))
         flips = rng.random(len(items)) < 0.5 if self.flip else np.zeros(len(items), dtype=bool)
+        # drawn for the whole batch, then cut: a rank's crops are those of the one-process batch
+        items, corners, flips = items[self.part], corners[self.part], flips[self.part]
         out = np.empty((len(items), self.crop, self.crop, 3), dtype=np.uint8)
         for j, (shard, slot) in enumerate(items.tolist()):
             window = self.reader.image(shard, slot, (int(corners[j, 0]), int(corners[j, 1]), self.crop))
@@ -171,11 +174,12 @@ class ShardSource(DataSource):
         return max(1, self.train_count // batch_size)
 
     def batches(self, batch_size: int, flip: bool, seed: int, epoch: int, start: int,
-                memory_format: torch.memory_format) -> Iterator[torch.Tensor]:
-        """Batches start, start + 1, … of epoch (seed, epoch) as device Lab; the first `start` are never made."""
+                memory_format: torch.memory_format, part: slice = slice(None)) -> Iterator[torch.Tensor]:
+        """Batches start, start + 1, … of epoch (seed, epoch) as device Lab, each cut to `part`;
+        the first `start` are never made."""
         lab_in_workers = self.device.type == "cpu"
         batches = EpochBatches(self.reader, epoch_order(self.counts, seed, epoch), batch_size,
-                               self.image_size, flip, seed, epoch, lab_in_workers)
+                               self.image_size, flip, seed, epoch, lab_in_workers, part)
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, sampler=range(start, self.steps(batch_size)), num_workers=self.workers,
             prefetch_factor=self.prefetch if self.workers else None, pin_memory=self.device.type == "cuda")
@@ -184,9 +188,9 @@ class ShardSource(DataSource):
             yield (batch if lab_in_workers else _to_lab(batch)).contiguous(memory_format=memory_format)
 
     def _draw(self, generators: list[torch.Generator], batch_size: int, flip: bool, start: int,
-              memory_format: torch.memory_format, states: list[torch.Tensor]) -> EpochPlan:
+              memory_format: torch.memory_format, states: list[torch.Tensor], part: slice) -> EpochPlan:
         seeds = [int(torch.randint(0, 2 ** 62, (), generator=generator)) for generator in generators]
-        streams = [self.batches(batch_size, flip, seed, 0, start, memory_format) for seed in seeds]
+        streams = [self.batches(batch_size, flip, seed, 0, start, memory_format, part) for seed in seeds]
         return StreamPlan(streams, self.steps(batch_size), states, start)
 
 
