@@ -4,6 +4,8 @@ gloo on CPUs. `sweep.final --workers N` and `trainable.train --workers N` (throu
 
 - Rank 0 alone evaluates, draws nothing else and reports the checkpoint (the one-process format,
   `latest.pt`, marked with its world size) and the metrics row; the other ranks report neither.
+  `train.checkpoint_every` reports mid-epoch checkpoints the same way (no metrics row): every rank
+  pauses at the same step (`RankClock`), and the checkpoint carries the data position.
 - Ray Train's controller, which runs on the driver's node, is the one writer outside the workers:
   `FolderCallback` copies each reported checkpoint and metrics.jsonl into the run folder and hands
   each new row to `on_report` (sweep.final logs it to MLflow, by epoch, so none is logged twice).
@@ -32,8 +34,10 @@ from trainable.config import Config, ConfigError, apply_overrides, from_dict, to
 from trainable.engine import Trainer, check_resumable, resolve_device, setup_process
 from trainable.files import folder_problem, write_text_atomic
 from trainable.layout import CHECKPOINT_DIR, CONFIG_FILE, LATEST, METRICS_FILE
-from trainable.loop import read_metrics, report_of, run_epochs, train_epoch
-from trainable.parallel import PositionError, check_position, global_batch, rank_config, with_world
+from trainable.interval import Clock, parse_interval
+from trainable.loop import LocalRun, Midway, read_metrics, report_of, run_epochs
+from trainable.parallel import (PositionError, RankClock, check_position, global_batch, rank_config,
+                                share_partial_sums, with_world)
 
 RUN_STORAGE = "ray_train"       # under the run folder, unless --storage
 HISTORY = "metrics.jsonl"       # beside latest.pt in each reported checkpoint: every row so far
@@ -61,18 +65,12 @@ def plan_workers(requested: int | None, backend: str, resources: dict[str, float
     return workers, use_gpu, "nccl" if use_gpu else "gloo"
 
 
-class RankRun:
+class RankRun(LocalRun):
     """`run_epochs`' run on one rank: its RankStep's epochs; only rank 0 evaluates and reports."""
 
     def __init__(self, trainer: Trainer, group, rank: int):
-        self.trainer, self.group, self.rank = trainer, group, rank
-
-    @property
-    def epoch(self) -> int:
-        return self.trainer.epoch
-
-    def advance(self, progress=None, stop=None) -> dict[str, float]:
-        return train_epoch(self.group, progress, stop)[0]
+        super().__init__(trainer)
+        self.group, self.rank = group, rank
 
     def report(self):
         if self.rank:
@@ -111,19 +109,32 @@ def train_worker(config: dict) -> None:
     if state is not None:
         trainer.load_state_dict(check_position(state, workers, config["global_batch"], config["restart_epoch"]))
         if rank == 0:
-            print(f"resumed at epoch {trainer.epoch} from {source}", flush=True)
+            inside = f", step {trainer.epoch_step} of epoch {trainer.epoch + 1}," if trainer.epoch_step else ""
+            print(f"resumed at epoch {trainer.epoch}{inside} from {source}", flush=True)
     group = RankStep(trainer, config["global_batch"])
+    run = RankRun(trainer, group, rank)
 
-    def sink(row: dict, state: dict | None, grid) -> None:
+    def report(row: dict, state: dict | None) -> None:
+        """Every rank reports (Ray Train waits for all); rank 0's carries the checkpoint."""
         if rank:
             ray.train.report({}, checkpoint=None)
             return
-        history[:] = [r for r in history if r["epoch"] < row["epoch"]] + [row]   # a finished run reports again
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(folder, with_world(state, workers, config["global_batch"]))
             write_text_atomic(Path(folder) / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder))
-    run_epochs(RankRun(trainer, group, rank), sink, cfg.train.epochs)
+
+    def sink(row: dict, state: dict | None, grid) -> None:
+        if not rank:
+            history[:] = [r for r in history if r["epoch"] < row["epoch"]] + [row]   # a finished run reports again
+        report(row, state)
+
+    def checkpoint(losses: dict[str, float]) -> None:
+        share_partial_sums(trainer)
+        report({"epoch": trainer.epoch, "epoch_step": trainer.epoch_step}, None if rank else trainer.state_dict())
+    interval = parse_interval(cfg.train.checkpoint_every, ("steps",), durations=True)
+    midway = Midway(RankClock(Clock(interval, lambda: run.steps), trainer.device), checkpoint) if interval else None
+    run_epochs(run, sink, cfg.train.epochs, midway=midway)
 
 
 def folder_callback(directory: Path, on_report: Callable[[dict], None] | None):
@@ -142,7 +153,8 @@ def folder_callback(directory: Path, on_report: Callable[[dict], None] | None):
                 rows = (Path(folder) / HISTORY).read_text()
             save_checkpoint(directory / CHECKPOINT_DIR, state)
             write_text_atomic(directory / METRICS_FILE, rows)
-            print(f"epoch {state['epoch']} reported; checkpoint in {directory / CHECKPOINT_DIR}", flush=True)
+            where = f"step {state['epoch_step']} of epoch {state['epoch'] + 1}" if state["epoch_step"] else f"epoch {state['epoch']}"
+            print(f"{where} reported; checkpoint in {directory / CHECKPOINT_DIR}", flush=True)
             if on_report is not None:
                 for line in rows.splitlines():
                     on_report(json.loads(line))

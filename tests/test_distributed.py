@@ -20,18 +20,18 @@ from sweep import distributed, final
 from tests.helpers import TINY, launch_env, tiny_config, wait_until
 from trainable import train
 from trainable.checkpoint import save_checkpoint
-from trainable.config import to_dict
+from trainable.config import load_config, to_dict
 from trainable.colorizer import colorize_array, load_model
 from trainable.engine import Trainer
 from trainable.parallel import PositionError, check_position, global_batch, rank_config, with_world
 
-EPOCHS = 12
-LONG = 20        # epochs of the worker-loss run: time to kill a worker before it ends
+EPOCHS = 6
+LONG = 10        # epochs of the worker-loss run: time to kill a worker before it ends
 
 
 def final_command(sweep_dir: Path) -> list[str]:
     return [sys.executable, "-m", "sweep.final", str(sweep_dir), "--epochs", str(EPOCHS), "--workers", "2",
-            "--set", "train.threads=1"]
+            "--set", "train.threads=1", "--set", "train.batch_size=8", "--set", "train.checkpoint_every=1"]
 
 
 def storage_checkpoints(sweep_dir: Path) -> list[Path]:
@@ -52,9 +52,9 @@ def final_run_ids(client: MlflowClient) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_final_on_two_workers_resumes_after_sigkill(smoke_sweep_dir, tmp_path):
-    """SIGKILL the driver once its first checkpoint is on storage, run the same command again: it
-    resumes from Ray Train's checkpoint, and all
-    epochs once in metrics.jsonl and in one MLflow run, and an export the colorizer takes."""
+    """SIGKILL the driver once a mid-epoch checkpoint (one every step) is on storage, run
+    the same command again: it resumes from Ray Train's checkpoint and ends with every step taken
+    once, all epochs once in metrics.jsonl and in one MLflow run, and an export the colorizer takes."""
     sweep_dir = smoke_sweep_dir
     shutil.rmtree(sweep_dir / "final", ignore_errors=True)
     client = MlflowClient(json.loads((sweep_dir / "colorsweep_state.json").read_text())["tracking_uri"])
@@ -64,7 +64,9 @@ def test_final_on_two_workers_resumes_after_sigkill(smoke_sweep_dir, tmp_path):
         process = subprocess.Popen(final_command(sweep_dir), env=launch_env(), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     # registered: on storage, and copied to the run folder by the controller after Ray Train took it
-    registered = lambda: bool(storage_checkpoints(sweep_dir)) and (sweep_dir / "final" / "checkpoint" / "latest.pt").exists()
+    copied = sweep_dir / "final" / "checkpoint" / "latest.pt"
+    registered = lambda: (bool(storage_checkpoints(sweep_dir)) and copied.exists()
+                          and torch.load(copied, weights_only=False)["epoch_step"] > 0)
     assert wait_until(registered, process), log.read_text()[-3000:]
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -74,15 +76,18 @@ def test_final_on_two_workers_resumes_after_sigkill(smoke_sweep_dir, tmp_path):
     rerun = subprocess.run(final_command(sweep_dir), env=launch_env(), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "2 workers (gloo), global batch" in rerun.stdout
-    resumed = re.search(r"resumed at epoch (\d+) from Ray Train's checkpoint", rerun.stdout + rerun.stderr)
-    assert resumed and int(resumed.group(1)) >= 1, rerun.stdout[-3000:]
+    resumed = re.search(r"resumed at epoch (\d+)(?:, step (\d+) of epoch \d+,)? from Ray Train's checkpoint",
+                        rerun.stdout + rerun.stderr)
+    assert resumed and (int(resumed.group(1)), int(resumed.group(2) or 0)) >= (0, 1), rerun.stdout[-3000:]
     assert epochs_logged(sweep_dir) == list(range(1, EPOCHS + 1))
     record = json.loads((sweep_dir / "final" / "final.json").read_text())
     assert final_run_ids(client) - runs_before == {record["mlflow_run_id"]}      # one run across the kill
     steps = [m.step for m in client.get_metric_history(record["mlflow_run_id"], "val_control_error")]
     assert sorted(steps) == list(range(1, EPOCHS + 1))                             # each epoch once
     state = torch.load(sweep_dir / "final" / "checkpoint" / "latest.pt", weights_only=True)
-    assert (state["epoch"], state["world_size"]) == (EPOCHS, 2)
+    assert (state["epoch"], state["epoch_step"], state["world_size"]) == (EPOCHS, 0, 2)
+    cfg = load_config(sweep_dir / "final" / "config.yaml")
+    assert state["step"] == EPOCHS * (Trainer(cfg).data.train_count // 16) > EPOCHS    # each step once
     model = load_model(sweep_dir / "final" / "generator.pt")
     gray = np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))
     assert colorize_array(model, gray).shape == (32, 32, 3)

@@ -1,5 +1,5 @@
 """Data-parallel steps (trainable/parallel.py): 2 gloo processes with batch b each take, step for step,
-the one-process steps with batch 2b, in float64 on the CPU."""
+the one-process steps with batch 2b, in float64 on the CPU, and resume a mid-epoch checkpoint exactly."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +12,10 @@ import torch.multiprocessing as mp
 from tests.helpers import tiny_config
 from trainable.data import ColorData, load_data
 from trainable.engine import Trainer
-from trainable.loop import steps_for, train_epoch
-from trainable.parallel import RankStep
+from sweep.distributed import RankRun
+from trainable.interval import Clock, Interval
+from trainable.loop import Midway, run_epochs, steps_for, train_epoch
+from trainable.parallel import RankClock, RankStep, share_partial_sums
 
 LOCAL_BATCH = 8
 STEPS_CHECKED = ("generator", "discriminator")
@@ -118,3 +120,55 @@ def test_without_the_exact_terms_the_steps_differ(tmp_path, float64):
     expected, _ = _epochs(single, steps_for([single]), 1)
     got = torch.load(tmp_path / "rank0.pt", weights_only=True)
     assert (expected[0] - got["steps"][0]).abs().max() > 1e-6
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL right after a mid-epoch checkpoint."""
+
+
+def _rank_midway(rank: int, size: int, folder: str, phase: str) -> None:
+    """2 epochs of 2 ranks checkpointing every 3 steps as sweep.distributed does: `whole` runs
+    through, `killed` stops after the first mid-epoch checkpoint, `resumed` goes on from it."""
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous-{phase}", rank=rank, world_size=size)
+    try:
+        trainer = _trainer(_config(CONTROLLED, LOCAL_BATCH))
+        if phase == "resumed":
+            trainer.load_state_dict(torch.load(Path(folder) / "midway.pt", weights_only=False))
+        run = RankRun(trainer, RankStep(trainer, LOCAL_BATCH * size), rank)
+        rows = []
+
+        def checkpoint(losses: dict) -> None:
+            share_partial_sums(trainer)
+            if rank == 0 and phase == "killed":
+                torch.save(trainer.state_dict(), Path(folder) / "midway.pt")
+            if phase == "killed":
+                raise _Killed
+        midway = Midway(RankClock(Clock(Interval(steps=3), lambda: run.steps), trainer.device), checkpoint)
+        try:
+            run_epochs(run, lambda row, state, grid: rows.append(row), 2, midway=midway)
+        except _Killed:
+            return
+        torch.save({"weights": _flat(trainer), "rows": rows, "step": trainer.step}, Path(folder) / f"{phase}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_two_ranks_resume_a_mid_epoch_checkpoint_exactly(tmp_path, float64):
+    """Killed after step 3 of epoch 1 and resumed from rank 0's checkpoint, two ranks end with the
+    weights, step count and per-epoch mean losses of an uninterrupted two-rank run."""
+    for phase in ("whole", "killed", "resumed"):
+        mp.spawn(_rank_midway, args=(2, str(tmp_path), phase), nprocs=2, join=True)
+    saved = torch.load(tmp_path / "midway.pt", weights_only=False)
+    assert (saved["epoch"], saved["epoch_step"]) == (0, 3)
+    whole = torch.load(tmp_path / "whole0.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed0.pt", weights_only=False)
+    assert resumed["step"] == whole["step"] > 6
+    assert (resumed["weights"] - whole["weights"]).abs().max() < 1e-9
+    assert [row["epoch"] for row in resumed["rows"]] == [1, 2] == [row["epoch"] for row in whole["rows"]]
+    for got, expected in zip(resumed["rows"], whole["rows"]):
+        for key in ("loss_d", "loss_g", "loss_l1", "loss_control"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-9), key

@@ -3,7 +3,8 @@ batch b take the same steps as one process with batch W·b (the launcher is swee
 
 - The plan is the one-process plan. Every rank draws the epoch's order, flips and condition noise
   for the global batch from the same generator (the same seed, the same checkpointed state), and
-  takes its own slice of each global batch: rank r the images r·b … (r+1)·b − 1.
+  reads only its own slice of each global batch: rank r the images r·b … (r+1)·b − 1 (the source's
+  `part`; from shards a rank decodes only those).
 - G and D are each wrapped in `DistributedDataParallel`, which averages their gradients over the
   ranks; a loss that is a mean over the batch then has the gradient of the global batch's mean.
 - Two kinds of term are not such means, and are made exact rather than approximated:
@@ -37,6 +38,7 @@ from trainable.condition import condition_noise
 from trainable.config import Config, apply_overrides, from_dict
 from trainable.engine import Trainer
 from trainable.gan_step import gan_step
+from trainable.interval import Clock
 from trainable.source import EpochPlan
 from trainable.steps import EagerStep
 
@@ -175,18 +177,15 @@ class RankStep(EagerStep):
         self.nets = RankNets(trainer, device_ids)
 
     def plan_epoch(self, start: int = 0) -> EpochPlan:
-        """The one-process plan of the global batch (every rank draws the same); `next_batch` takes
-        this rank's slice of each of its batches."""
+        """The one-process plan of the global batch (every rank draws the same), cut to this rank's slice."""
         trainer = self.trainers[0]
-        return self.data.plan([trainer.rng], self.global_batch, trainer.cfg.data.flip, start, self.memory_format)
+        return self.data.plan([trainer.rng], self.global_batch, trainer.cfg.data.flip, start, self.memory_format,
+                              part=(self.rank, self.size))
 
     def plan_conditions(self, steps: int) -> torch.Tensor | None:
         trainer = self.trainers[0]
         draws = condition_noise(steps, self.global_batch, trainer.cfg.loss, trainer.rng)
         return None if draws is None else draws[:, None].to(self.device)
-
-    def next_batch(self, plan: EpochPlan, step: int) -> torch.Tensor:
-        return plan.batch(step)[:, self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
 
     def step(self, batch: torch.Tensor, lr_factor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         trainer = self.trainers[0]
@@ -204,6 +203,39 @@ class RankStep(EagerStep):
             sums = {key: stacked[i:i + 1] / self.size for i, key in enumerate(keys)}
         return super().end_epoch(sums, steps)
 
+
+
+class RankClock:
+    """A Clock every rank agrees with, so that all pause inside the epoch at the same step (a rank
+    that paused alone would wait forever in its next collective). Step counts agree by themselves;
+    a duration is rank 0's reading, broadcast after each step."""
+
+    def __init__(self, clock: Clock, device: torch.device):
+        self.clock, self.device = clock, device
+
+    def due(self) -> bool:
+        if not self.clock.interval.seconds or world()[1] == 1:
+            return self.clock.due()
+        flag = torch.tensor([float(self.clock.due())], device=self.device)
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
+
+    def reset(self) -> None:
+        self.clock.reset()
+
+
+def share_partial_sums(trainer: Trainer) -> None:
+    """Every rank's loss sums of the epoch so far replaced by their mean over the ranks, so rank 0's
+    checkpoint carries the whole batch's sums: after a resume the epoch's loss means are those of
+    an uninterrupted run (end_epoch averages the ranks' sums again, and the mean of means of equal
+    parts is the mean)."""
+    rank, size = world()
+    if size == 1 or not trainer.epoch_sums:
+        return
+    keys = sorted(trainer.epoch_sums)
+    values = torch.tensor([trainer.epoch_sums[key] for key in keys], dtype=torch.float64, device=trainer.device)
+    dist.all_reduce(values)
+    trainer.epoch_sums = {key: value / size for key, value in zip(keys, values.tolist())}
 
 class PositionError(ValueError):
     """A mid-epoch checkpoint whose data position cannot be mapped onto this run's global batch."""
