@@ -9,7 +9,10 @@ with `python -m trainable.shards` (JPEG and raw codecs; conversion rate and size
 file with PIL, crops, flips, and a DataLoader that collates, then Lab on the device; (b) ShardStream.
 Prints images/s, the ratio (b)/(a) and the peak memory (PSS, summed over the process and its loader
 workers, so pages shared after fork count once) of each. `--images 20000 100000` runs each size in
-turn and ends with the peak memory of each. `--train-width W` also times training steps at 256 px
+turn and ends with the peak memory of each; `--distinct M` makes only M procedural images and
+hard-links them over and over up to N (for 100,000: generating is single-threaded, ~10 images/s
+here, and the loaders' memory depends on how many files and index entries there are, not on what
+they hold). `--train-width W` also times training steps at 256 px
 on the shards (a model of width W, data.dataset=shards, loader workers as above) and says what
 that rate means for an epoch of Places365.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +35,6 @@ from PIL import Image
 from trainable.color import rgb_to_lab_normalized
 from trainable.datasets import make_synthetic
 from trainable.files import is_image_name
-from trainable.shards import main as convert_main
 from trainable.stream import ShardStream
 
 SIZE = 256
@@ -40,21 +44,33 @@ MAKE_CHUNK = 256      # synthetic images generated at once
 GRAIN = 6.0           # std of the per-pixel noise that gives the smooth procedural images a photo's texture
 
 
-def make_folder(folder: Path, count: int, seed: int) -> None:
+def _path(folder: Path, index: int) -> Path:
+    return folder / f"{index // 100:04d}" / f"{index:06d}.jpg"
+
+
+def make_folder(folder: Path, count: int, seed: int, distinct: int = 0) -> None:
     """count 256×256 JPEGs (quality 90) with film grain, in 100-image subfolders; skipped when
-    already there. Without the grain they compress to a few kB, and decode faster than photos."""
+    already there. Without the grain they compress to a few kB, and decode faster than photos.
+    With 0 < distinct < count, image i is a hard link to image i mod distinct of the `distinct`
+    folder beside this one (made first)."""
     if folder.is_dir() and sum(1 for _ in folder.rglob("*.jpg")) == count:
         return
     shutil.rmtree(folder, ignore_errors=True)
+    if 0 < distinct < count:
+        base = folder.parent.parent / str(distinct) / folder.name
+        make_folder(base, distinct, seed)
+        for index in range(count):
+            _path(folder, index).parent.mkdir(parents=True, exist_ok=True)
+            _path(folder, index).hardlink_to(_path(base, index % distinct))
+        return
     rng = np.random.default_rng(seed)
     for start in range(0, count, MAKE_CHUNK):
         images = make_synthetic(min(MAKE_CHUNK, count - start), SIZE, seed + start)
         for offset, image in enumerate(images):
-            index = start + offset
-            sub = folder / f"{index // 100:04d}"
-            sub.mkdir(parents=True, exist_ok=True)
+            path = _path(folder, start + offset)
+            path.parent.mkdir(parents=True, exist_ok=True)
             grainy = image + rng.normal(0, GRAIN, image.shape).astype(np.float32)
-            Image.fromarray(np.clip(grainy, 0, 255).astype(np.uint8)).save(sub / f"{index:06d}.jpg", quality=90)
+            Image.fromarray(np.clip(grainy, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -143,13 +159,15 @@ def shard_rate(shards: Path, crop: int, args, device: torch.device) -> float:
 
 
 def convert(folder: Path, shards: Path, codec: str, workers: int) -> tuple[float, float]:
-    """(images/s, MB on disk) of one conversion into a fresh folder."""
+    """(images/s, MB on disk) of one conversion into a fresh folder, by the command a user runs (in
+    this process, its forked workers would inherit the loaders' torch threads and can hang)."""
     shutil.rmtree(shards, ignore_errors=True)
     started = time.perf_counter()
-    code = convert_main([str(folder), str(shards), "--codec", codec, "--workers", str(workers), "--quiet"])
+    done = subprocess.run([sys.executable, "-m", "trainable.shards", str(folder), str(shards), "--codec", codec,
+                           "--workers", str(workers), "--quiet"])
     seconds = time.perf_counter() - started
-    if code:
-        raise SystemExit(code)
+    if done.returncode:
+        raise SystemExit(done.returncode)
     count = sum(1 for _ in folder.rglob("*.jpg"))
     return count / seconds, sum(p.stat().st_size for p in shards.iterdir()) / 1e6
 
@@ -177,9 +195,10 @@ def run(count: int, args, device: torch.device) -> float:
     """One size's rows; → the peak memory (MB) of any loader."""
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-data-")) / str(count)
     folder = work / "images"
-    make_folder(folder, count, seed=1)
+    make_folder(folder, count, seed=1, distinct=args.distinct)
     source_mb = sum(p.stat().st_size for p in folder.rglob("*.jpg")) / 1e6
-    print(f"{count} images of {SIZE}px in {folder} ({source_mb:.0f} MB); {args.workers} workers, "
+    linked = f", {args.distinct} distinct" if 0 < args.distinct < count else ""
+    print(f"{count} images{linked} of {SIZE}px in {folder} ({source_mb:.0f} MB); {args.workers} workers, "
           f"batch {args.batch_size}, {args.batches} batches timed, device {device}")
     for codec in args.codecs:
         rate, megabytes = convert(folder, work / f"shards-{codec}", codec, args.workers)
@@ -209,6 +228,8 @@ def run(count: int, args, device: torch.device) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[20_000], help="set sizes, each run in turn")
+    parser.add_argument("--distinct", type=int, default=0,
+                        help="make only this many images and hard-link them up to each size (0: all distinct)")
     parser.add_argument("--workers", type=int, default=2, help="loader (and conversion) workers, both sides")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=40, help="batches timed per row")
