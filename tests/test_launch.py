@@ -114,7 +114,7 @@ def test_time_budget_stops_and_same_command_completes(tmp_path, monkeypatch):
     """On events, not on the machine's speed: Ctrl+C once Tune has recorded a trial's checkpoint
     (130, state saved); a budget that ends before a restored trial can even start (3, state saved);
     then the same command continues from the checkpoints and finishes (0)."""
-    command = ("--set", "train.epochs=4", "--set", "data.synthetic_size=400")
+    command = ("--set", "train.epochs=3", "--set", "data.synthetic_size=400")
     sweep_dir = tmp_path / "sweeps" / "smoke"
     # the Ctrl+C waits for every running trial to save or finish, however slow the machine
     monkeypatch.setenv("COLORSWEEP_STOP_GRACE_S", "900")
@@ -135,14 +135,14 @@ def test_time_budget_stops_and_same_command_completes(tmp_path, monkeypatch):
     budget = run_launch(tmp_path, *command, "--set", "time_budget=1s")
     assert budget.returncode == 3, budget.stdout[-3000:] + budget.stderr[-3000:]
     closing = next(line for line in budget.stdout.splitlines() if line.startswith("time budget reached"))
-    assert "time_budget=1s" not in closing and closing.endswith("--set train.epochs=4 --set data.synthetic_size=400")
+    assert "time_budget=1s" not in closing and closing.endswith("--set train.epochs=3 --set data.synthetic_size=400")
     assert not sweep_state.read_state(sweep_dir).finished
     before = {d.name: iterations(d) for d in trial_dirs(sweep_dir)}
     done = run_launch(tmp_path, *command)
     assert done.returncode == 0 and "sweep finished: 4 trials" in done.stdout, done.stdout[-3000:]
     assert "finished: val_control_error" in done.stdout          # a resumed sweep shows its progress too
     assert done.stderr == "", done.stderr[-3000:]
-    assert_complete(tmp_path, epochs=4)
+    assert_complete(tmp_path, epochs=3)
     for trial_dir in trial_dirs(sweep_dir):
         after = iterations(trial_dir)[len(before.get(trial_dir.name, [])):]
         if before.get(trial_dir.name) and after:        # continued from its checkpoint, not from 1
