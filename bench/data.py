@@ -9,10 +9,10 @@ with `python -m trainable.shards` (JPEG and raw codecs; conversion rate and size
 file with PIL, crops, flips, and a DataLoader that collates, then Lab on the device; (b) ShardStream.
 Prints images/s, the ratio (b)/(a) and the peak memory (PSS, summed over the process and its loader
 workers, so pages shared after fork count once) of each. `--images 20000 100000` runs each size in
-turn and ends with the peak memory of each; `--distinct M` makes only M procedural images and
-hard-links them over and over up to N (for 100,000: generating is single-threaded, ~10 images/s
-here, and the loaders' memory depends on how many files and index entries there are, not on what
-they hold). `--train-width W` also times training steps at 256 px
+turn, each in a fresh process, and ends with the peak memory of each. `--distinct M` makes only M
+procedural images and hard-links them over and over up to N (for 100,000: generating is
+single-threaded, ~10 images/s here, and the loaders' memory depends on how many files and index
+entries there are, not on what they hold). `--train-width W` also times training steps at 256 px
 on the shards (a model of width W, data.dataset=shards, loader workers as above) and says what
 that rate means for an epoch of Places365.
 """
@@ -41,6 +41,7 @@ SIZE = 256
 PLACES365_TRAIN = 1_803_460   # Places365-standard's training images
 TRAIN_STEPS = 4               # training steps timed after a warm-up step
 MAKE_CHUNK = 256      # synthetic images generated at once
+PEAK_LINE = "peak MB of any loader:"
 GRAIN = 6.0           # std of the per-pixel noise that gives the smooth procedural images a photo's texture
 
 
@@ -225,6 +226,21 @@ def run(count: int, args, device: torch.device) -> float:
     return peak
 
 
+def each_size(count: int, args: argparse.Namespace) -> float:
+    """One size's rows in a fresh process (one process measuring size after size carries the
+    earlier sizes' heap into the later peaks); → its peak MB."""
+    command = [sys.executable, "-m", "bench.data", "--images", str(count), "--workers", str(args.workers),
+               "--batch-size", str(args.batch_size), "--batches", str(args.batches), "--device", args.device,
+               "--codecs", *args.codecs, "--train-width", str(args.train_width), "--distinct", str(args.distinct)]
+    if args.work:
+        command += ["--work", args.work]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    print(done.stdout, end="", flush=True)
+    if done.returncode:
+        raise SystemExit(done.returncode)
+    return float(done.stdout.rsplit(PEAK_LINE, 1)[1].split()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[20_000], help="set sizes, each run in turn")
@@ -239,8 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-width", type=float, default=0.0,
                         help="also time training steps at 256 px on the shards at this model.width")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    peaks = [(count, run(count, args, device)) for count in args.images]
+    if len(args.images) == 1:
+        print(f"{PEAK_LINE} {run(args.images[0], args, torch.device(args.device)):.0f}")
+        return 0
+    peaks = [(count, each_size(count, args)) for count in args.images]
     if len(peaks) > 1:
         print("peak MB by size: " + ", ".join(f"{count} images: {peak:.0f}" for count, peak in peaks)
               + f" (largest / smallest {max(p for _, p in peaks) / min(p for _, p in peaks):.2f})")
