@@ -11,8 +11,8 @@ Prints images/s, the ratio (b)/(a) and the peak memory (PSS, summed over the pro
 workers, so pages shared after fork count once) of each. `--images 20000 100000` runs each size in
 turn, each in a fresh process, and ends with the peak memory of each. `--distinct M` makes only M
 procedural images and hard-links them over and over up to N (for 100,000: generating is
-single-threaded, ~10 images/s here, and the loaders' memory depends on how many files and index
-entries there are, not on what they hold). `--train-width W` also times training steps at 256 px
+single-threaded and slow, and the loaders' memory depends on how many files and index entries
+there are, not on what they hold). `--train-width W` also times training steps at 256 px
 on the shards (a model of width W, data.dataset=shards, loader workers as above) and says what
 that rate means for an epoch of Places365.
 """
