@@ -206,4 +206,8 @@ def test_the_documented_request_file_recipe_serves_a_large_photo(models, tmp_pat
     assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "answer.json").read_text()[:2000]
     served = np.array(Image.open(tmp_path / "colorized.png"))
     local = pyfuncs["film"].predict({"image": [noise]}, params={"saturation": 0.7})["image"][0]
-    assert served.shape == (720, 1024, 3) and np.array_equal(served, local)
+    # another process than this one: in one full-suite run of three a few pixels came back one
+    # level apart (1 vs 2 threads and flushed denormals were checked and are bit-equal here)
+    differ = np.abs(served.astype(np.int16) - local.astype(np.int16))
+    assert served.shape == (720, 1024, 3) and differ.max() <= 1 and (differ > 0).mean() < 1e-3, \
+        (differ.max(), (differ > 0).mean())
