@@ -204,7 +204,6 @@ class RankStep(EagerStep):
         return super().end_epoch(sums, steps)
 
 
-
 class RankClock:
     """A Clock every rank agrees with, so that all pause inside the epoch at the same step (a rank
     that paused alone would wait forever in its next collective). Step counts agree by themselves;
@@ -236,6 +235,7 @@ def share_partial_sums(trainer: Trainer) -> None:
     values = torch.tensor([trainer.epoch_sums[key] for key in keys], dtype=torch.float64, device=trainer.device)
     dist.all_reduce(values)
     trainer.epoch_sums = {key: value / size for key, value in zip(keys, values.tolist())}
+
 
 class PositionError(ValueError):
     """A mid-epoch checkpoint whose data position cannot be mapped onto this run's global batch."""
