@@ -28,7 +28,7 @@ from analysis.store import StoreError, resolve_tracking_uri, without_password
 from sweep.ray_worker import RUNTIME_ENV
 from sweep.spec import SpecError, SweepSpec, comparable, incompatibility, load_spec, resolved
 from sweep.study import check_scheme, check_study, is_remote, move_study_aside, shown, study_url as study_url_for
-from sweep.trial_progress import clear_saved, saved_trials
+from sweep.trial_progress import clear_progress, saved_trials
 from trainable.config import ConfigError
 from trainable.download import DataError
 from trainable.files import folder_problem, write_text_atomic
@@ -222,7 +222,7 @@ class Stop:
         self.reason: str | None = None
         self._sweep_dir, self._running = sweep_dir, running
         (sweep_dir / sweep_state.STOP_FILE).unlink(missing_ok=True)    # a stop file a kill left behind
-        clear_saved(sweep_dir)
+        clear_progress(sweep_dir)
         self._presses = 0
         self._previous = signal.signal(signal.SIGINT, self._ctrl_c)
         self._timer = None if budget_s is None else threading.Timer(max(1.0, budget_s), self._ask, ("budget",))

@@ -67,6 +67,13 @@ def _in_epoch(row: dict) -> float:
     return live["step"] / live["steps"]
 
 
+def _timed_share(row: dict) -> float:
+    """Share of the epoch in progress trained since its record's clock started (a resumed epoch's
+    steps before the restart are not in that time)."""
+    share = _in_epoch(row)
+    return share - row["live"].get("step_started", 0) / row["live"]["steps"] if share else 0.0
+
+
 def epoch_seconds(rows: Sequence[dict], report_every: int, now: float) -> float | None:
     """Median measured time of one epoch: whole epochs timed by the trials, else reports' times
     (when `report_every` counts epochs; 0 when it counts steps), else the running epochs projected
@@ -74,7 +81,7 @@ def epoch_seconds(rows: Sequence[dict], report_every: int, now: float) -> float 
     whole = [r["live"]["epoch_seconds"] for r in rows if r.get("live") and r["live"].get("epoch_seconds")]
     reports = [r["metrics"]["time_this_iter_s"] / report_every for r in rows
                if report_every and "time_this_iter_s" in r["metrics"]]
-    partial = [(now - r["live"]["epoch_started"]) / _in_epoch(r) for r in rows if _in_epoch(r) > 0]
+    partial = [(now - r["live"]["epoch_started"]) / timed for r in rows if (timed := _timed_share(r)) > 0]
     for measured in (whole, reports, partial):
         if measured:
             return statistics.median(measured)

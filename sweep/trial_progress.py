@@ -31,6 +31,7 @@ class TrialProgress:
         self.stop_file = Path(sweep_dir) / STOP_FILE
         self._looked, self._stop = float("-inf"), False
         self._epoch = self._epoch_started = self._epoch_seconds = None
+        self._step_started = 0
         self._written = 0.0
 
     def __call__(self, done: int, total: int) -> None:
@@ -39,11 +40,13 @@ class TrialProgress:
         if epoch != self._epoch:          # the first step of an epoch: the previous one ended
             if self._epoch is not None and epoch == self._epoch + 1:
                 self._epoch_seconds = now - self._epoch_started
-            self._epoch, self._epoch_started = epoch, now
+            # a resumed epoch starts here at step done - 1: the steps timed are those from there
+            self._epoch, self._epoch_started, self._step_started = epoch, now, done - 1
         if now - self._written >= WRITE_EVERY_S or done == total:
             self._written = now
             record = {"epoch": epoch, "epochs": self.epochs, "step": done, "steps": total,
-                      "epoch_started": self._epoch_started, "epoch_seconds": self._epoch_seconds}
+                      "epoch_started": self._epoch_started, "step_started": self._step_started,
+                      "epoch_seconds": self._epoch_seconds}
             try:
                 write_text_atomic(self.path, json.dumps(record))
             except OSError:               # progress is a display aid: never fail a trial for it
@@ -68,8 +71,11 @@ def saved_trials(sweep_dir: str | Path) -> set[str]:
     return {path.stem for path in (Path(sweep_dir) / PROGRESS_DIR).glob(f"*{SAVED_SUFFIX}")}
 
 
-def clear_saved(sweep_dir: str | Path) -> None:
-    for path in (Path(sweep_dir) / PROGRESS_DIR).glob(f"*{SAVED_SUFFIX}"):
+def clear_progress(sweep_dir: str | Path) -> None:
+    """Drop the saved marks and progress records a previous launcher left: their clocks were that
+    process's, and a restored trial's stale record would time its epoch from before the restart."""
+    for path in [*(Path(sweep_dir) / PROGRESS_DIR).glob(f"*{SAVED_SUFFIX}"),
+                 *(Path(sweep_dir) / PROGRESS_DIR).glob("*.json")]:
         path.unlink(missing_ok=True)
 
 

@@ -119,3 +119,13 @@ def test_epochs_trained_between_reports_count():
     assert trained(between) == 3
     assert plain_line([between], SPEC, 5.0, time.time()).split(" | epochs: ")[1].startswith("a 3.5/5")
     assert eta_seconds([between], replace(SPEC, num_samples=1), time.time()) == pytest.approx(1.5 * 10.0)
+
+
+def test_a_resumed_epoch_is_timed_from_its_restart_only():
+    """Restored at step 6 of 10, then 2 steps in 1 s: the epoch is projected at 5 s (2 steps a
+    second), not at 1.25 s (8 steps in 1 s); the ETA counts the 4.2 of 5 epochs left at that pace."""
+    live = {"epoch": 1, "epochs": 1, "step": 8, "steps": 10, "epoch_started": time.time() - 1.0,
+            "step_started": 6, "epoch_seconds": None}
+    resumed = row("a", "RUNNING", 0, live, val_control_error=0.2, val_realism_abhist=0.3)
+    spec = replace(SPEC, num_samples=1)
+    assert eta_seconds([resumed], spec, live["epoch_started"] + 1.0) == pytest.approx(4.2 * 5.0)
